@@ -1,0 +1,382 @@
+//! The client HTTP API (`api_description.yml` describes it exactly).
+//!
+//! Handlers here only translate: they validate input into an [`Op`] or a read, hand it to the
+//! [`Node`], and turn the outcome into a response. Bodies are read with our own size limit and
+//! parsed as JSON whatever the Content-Type says (curl's `-d` sends a form type), so that every
+//! bad input gets a JSON error with the right status rather than a framework's plain-text one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+
+use kvapi::{
+    Consistency, ErrorCode, GetResponse, KeysResponse, WriteKind, WriteResponse, DEFAULT_KEYS_LIMIT,
+    IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES, REPLAYED_HEADER,
+};
+
+use crate::error::ApiError;
+use crate::node::{Node, NodeError};
+use crate::state::KvState;
+use crate::types::{Command, LogIndex, Op, OpOutcome, OpReply};
+
+/// Room for the envelope around the largest value.
+const BODY_OVERHEAD: usize = 64 * 1024;
+
+/// The client router of `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/keys", get(list_keys))
+        .route("/keys/", get(empty_key).post(empty_key).delete(empty_key))
+        .route("/keys/{*key}", get(get_key).post(write_key).delete(delete_key))
+        .route("/admin/status", get(status))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {}; see api_description.yml", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn empty_key() -> ApiError {
+    ApiError::invalid("the key is empty: use /keys/{key}")
+}
+
+fn node_err(node: &Node, e: NodeError) -> ApiError {
+    ApiError::from_node(e, node.leader_ref())
+}
+
+/// The key is the rest of the path after `/keys/`, percent-decoded; it may contain `/`.
+fn key_from_uri(uri: &Uri) -> Result<String> {
+    let raw = uri.path().strip_prefix("/keys/").unwrap_or_default();
+    let key = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid("the key is not valid UTF-8 after percent-decoding"))?
+        .into_owned();
+    if key.is_empty() {
+        return Err(ApiError::invalid("the key is empty: use /keys/{key}"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::invalid(format!(
+            "the key is {} bytes long; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(key)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(ApiError::invalid(format!(
+            "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"
+        )));
+    }
+    Ok(Some(s.to_string()))
+}
+
+async fn read_body(body: Body, max_value: usize) -> Result<axum::body::Bytes> {
+    let limit = max_value + BODY_OVERHEAD;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!("the request body exceeds {limit} bytes (values are limited to {max_value} bytes)"),
+        )
+    })
+}
+
+/// Validate a write body: `{"type":"PUT"|"APPEND","value":<json>}` and nothing else.
+fn parse_write_body(bytes: &[u8]) -> Result<(WriteKind, Value)> {
+    let doc: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = doc else {
+        return Err(ApiError::invalid(
+            r#"the body must be a JSON object like {"type":"PUT","value":...}"#,
+        ));
+    };
+    let kind = match fields.remove("type") {
+        None => {
+            return Err(ApiError::invalid(
+                r#"the body has no "type": use "PUT" or "APPEND""#,
+            ))
+        }
+        Some(Value::String(t)) if t == "PUT" => WriteKind::Put,
+        Some(Value::String(t)) if t == "APPEND" => WriteKind::Append,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                r#"unknown "type" {other}: use "PUT" or "APPEND""#
+            )))
+        }
+    };
+    let value = fields
+        .remove("value")
+        .ok_or_else(|| ApiError::invalid(r#"the body has no "value""#))?;
+    if let Some(extra) = fields.keys().next() {
+        return Err(ApiError::invalid(format!(
+            r#"unknown field "{extra}": the body takes only "type" and "value""#
+        )));
+    }
+    Ok((kind, value))
+}
+
+async fn write_key(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let key = key_from_uri(&uri)?;
+    let idem = idempotency_key(&headers)?;
+    let max = node.config.max_value_bytes;
+    let bytes = read_body(body, max).await?;
+    let (kind, value) = parse_write_body(&bytes)?;
+    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > max {
+        return Err(ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!("the value is {size} bytes; the limit is {max} bytes"),
+        ));
+    }
+    let cmd = match kind {
+        WriteKind::Put => Command::Put(value),
+        WriteKind::Append => Command::Append(value),
+    };
+    let reply = node
+        .write(
+            Op {
+                key: key.clone(),
+                cmd,
+                idem,
+            },
+            size + key.len(),
+        )
+        .await
+        .map_err(|e| node_err(&node, e))?;
+    write_response(key, reply, kind_name(kind))
+}
+
+async fn delete_key(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) -> Result<Response> {
+    let key = key_from_uri(&uri)?;
+    let idem = idempotency_key(&headers)?;
+    let size = key.len();
+    let reply = node
+        .write(
+            Op {
+                key: key.clone(),
+                cmd: Command::Delete,
+                idem,
+            },
+            size,
+        )
+        .await
+        .map_err(|e| node_err(&node, e))?;
+    write_response(key, reply, "DELETE")
+}
+
+fn kind_name(kind: WriteKind) -> &'static str {
+    match kind {
+        WriteKind::Put => "PUT",
+        WriteKind::Append => "APPEND",
+    }
+}
+
+fn write_response(key: String, reply: OpReply, what: &str) -> Result<Response> {
+    let mut resp = match reply.outcome {
+        OpOutcome::Applied { index } => Json(WriteResponse { key, index }).into_response(),
+        OpOutcome::NotFound { .. } => {
+            ApiError::new(ErrorCode::KeyNotFound, format!("key {key:?} does not exist")).into_response()
+        }
+        OpOutcome::TypeConflict { existing, appended } => ApiError::new(
+            ErrorCode::TypeConflict,
+            format!(
+                "cannot {what} a {appended} to the {existing} at key {key:?}: APPEND pushes onto a list or concatenates a string onto a string; nothing was changed"
+            ),
+        )
+        .into_response(),
+        OpOutcome::IdempotencyKeyReused => ApiError::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was already used for a different write; use a fresh key for each write",
+        )
+        .into_response(),
+    };
+    if reply.replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Query parameters of reads. Unknown ones are refused so that typos do not pass silently.
+fn read_params(q: &HashMap<String, String>, allowed: &[&str]) -> Result<Consistency> {
+    if let Some(bad) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "unknown query parameter {bad:?}; allowed: {}",
+            allowed.join(", ")
+        )));
+    }
+    match q.get("consistency").map(String::as_str) {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(ApiError::invalid(format!(
+            "unknown consistency {other:?}: use linearizable or stale"
+        ))),
+    }
+}
+
+fn query(
+    q: std::result::Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<HashMap<String, String>> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::invalid(format!("the query string is malformed: {e}")))
+}
+
+async fn read<T>(
+    node: &Node,
+    consistency: Consistency,
+    f: impl FnOnce(&KvState) -> T,
+) -> Result<(T, Option<LogIndex>)> {
+    match consistency {
+        Consistency::Linearizable => node.read_linearizable(f).await.map_err(|e| node_err(node, e)),
+        Consistency::Stale => Ok(node.read_stale(f)),
+    }
+}
+
+async fn get_key(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    q: std::result::Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let key = key_from_uri(&uri)?;
+    let consistency = read_params(&query(q)?, &["consistency"])?;
+    let (value, applied_index) = read(&node, consistency, |kv| kv.get(&key).cloned()).await?;
+    match value {
+        Some(value) => Ok(Json(GetResponse {
+            key,
+            value,
+            consistency,
+            served_by: node.id,
+            applied_index,
+        })
+        .into_response()),
+        None => Err(ApiError::new(
+            ErrorCode::KeyNotFound,
+            format!("key {key:?} does not exist"),
+        )),
+    }
+}
+
+async fn list_keys(
+    State(node): State<Arc<Node>>,
+    q: std::result::Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = query(q)?;
+    let consistency = read_params(&q, &["consistency", "prefix", "limit"])?;
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let limit = match q.get("limit") {
+        None => DEFAULT_KEYS_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_KEYS_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "limit must be a whole number from 1 to {MAX_KEYS_LIMIT}, not {l:?}"
+                )))
+            }
+        },
+    };
+    let ((keys, truncated), applied_index) = read(&node, consistency, |kv| kv.keys(&prefix, limit)).await?;
+    Ok(Json(KeysResponse {
+        keys,
+        truncated,
+        consistency,
+        applied_index,
+    })
+    .into_response())
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    (StatusCode::OK, Json(node.status())).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_bodies_are_validated_with_clear_messages() {
+        assert_eq!(
+            parse_write_body(br#"{"type":"PUT","value":["cat","dog"]}"#)
+                .expect("valid")
+                .0,
+            WriteKind::Put
+        );
+        let cases: &[(&[u8], ErrorCode, &str)] = &[
+            (b"{", ErrorCode::InvalidJson, "not valid JSON"),
+            (b"[1]", ErrorCode::InvalidRequest, "JSON object"),
+            (br#"{"value":1}"#, ErrorCode::InvalidRequest, "no \"type\""),
+            (
+                br#"{"type":"POP","value":1}"#,
+                ErrorCode::InvalidRequest,
+                "unknown \"type\"",
+            ),
+            (
+                br#"{"type":1,"value":1}"#,
+                ErrorCode::InvalidRequest,
+                "unknown \"type\"",
+            ),
+            (br#"{"type":"PUT"}"#, ErrorCode::InvalidRequest, "no \"value\""),
+            (
+                br#"{"type":"PUT","value":1,"x":2}"#,
+                ErrorCode::InvalidRequest,
+                "unknown field",
+            ),
+        ];
+        for (body, code, needle) in cases {
+            let e = parse_write_body(body).expect_err("must be refused");
+            assert_eq!(e.code, *code, "{}", String::from_utf8_lossy(body));
+            assert!(
+                e.message.contains(needle),
+                "{} -> {}",
+                String::from_utf8_lossy(body),
+                e.message
+            );
+        }
+        // A null value is a value.
+        assert!(parse_write_body(br#"{"type":"PUT","value":null}"#).is_ok());
+    }
+
+    #[test]
+    fn keys_come_from_the_rest_of_the_path() {
+        let k = |p: &str| key_from_uri(&p.parse::<Uri>().expect("uri"));
+        assert_eq!(k("/keys/a").expect("ok"), "a");
+        assert_eq!(k("/keys/a/b/c").expect("ok"), "a/b/c");
+        assert_eq!(k("/keys/a%2Fb%20c").expect("ok"), "a/b c");
+        assert!(k("/keys/").is_err());
+        assert!(k("/keys/%FF").is_err());
+        assert!(k(&format!("/keys/{}", "x".repeat(MAX_KEY_BYTES + 1))).is_err());
+        assert!(k(&format!("/keys/{}", "x".repeat(MAX_KEY_BYTES))).is_ok());
+    }
+}

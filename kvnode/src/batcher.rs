@@ -1,0 +1,131 @@
+//! Group commit: many client writes, one log entry.
+//!
+//! An openraft 0.9 leader flushes its log once per `client_write`, one after another, so one
+//! entry per client write caps throughput at one fsync round per write. The batcher instead
+//! queues writes and proposes them together: while `max_in_flight` batches are being committed,
+//! new writes wait in the queue, and the next batch takes all of them (up to `max_ops` writes
+//! or `max_bytes`). Under light load a write goes out alone at once; under heavy load batches
+//! grow by themselves, which is the behaviour group commit is for.
+//!
+//! Each write is answered individually from the state machine's per-operation replies. A batch
+//! whose commit is not confirmed within the write timeout answers "outcome unknown": the entry
+//! may still commit later, and only the client's idempotency key can tell.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::node::NodeError;
+use crate::types::{Batch, Op, OpReply, Raft};
+
+/// Limits of group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most writes in one entry.
+    pub max_ops: usize,
+    /// Soft limit on the bytes of one entry (a single larger write still goes alone).
+    pub max_bytes: usize,
+    /// Entries being committed at once.
+    pub max_in_flight: usize,
+    /// How long to wait for a commit before answering "outcome unknown".
+    pub write_timeout: Duration,
+}
+
+struct Pending {
+    op: Op,
+    size: usize,
+    done: oneshot::Sender<Result<OpReply, NodeError>>,
+}
+
+/// Handle to the group-commit task of a node.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// Start the group-commit task for `raft`.
+    pub fn start(raft: Raft, limits: BatchLimits) -> Batcher {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        tokio::spawn(run(raft, rx, limits));
+        Batcher { tx }
+    }
+
+    /// Propose `op` (of about `size` bytes) and wait for its outcome. Only call on the leader;
+    /// `NodeError::NotLeader` means the write was not proposed and may be sent elsewhere.
+    pub async fn submit(&self, op: Op, size: usize) -> Result<OpReply, NodeError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { op, size, done })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        rx.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: BatchLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < limits.max_ops && bytes < limits.max_bytes {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.size;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, batch, limits.write_timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn commit(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
+    let (ops, waiters): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.done)).unzip();
+    let n = ops.len();
+    let proposal = Batch { ts_ms: now_ms(), ops };
+    let result = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
+        Ok(Ok(resp)) if resp.data.replies.len() == n => {
+            for (w, reply) in waiters.into_iter().zip(resp.data.replies) {
+                let _ = w.send(Ok(reply));
+            }
+            return;
+        }
+        Ok(Ok(resp)) => NodeError::Internal(format!(
+            "state machine answered {} replies for a batch of {n}",
+            resp.data.replies.len()
+        )),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            NodeError::NotLeader { leader: f.leader_id }
+        }
+        Ok(Err(RaftError::APIError(e))) => NodeError::Internal(e.to_string()),
+        Ok(Err(RaftError::Fatal(Fatal::Stopped))) => NodeError::ShuttingDown,
+        Ok(Err(RaftError::Fatal(f))) => NodeError::Internal(f.to_string()),
+        Err(_) => NodeError::OutcomeUnknown {
+            waited_ms: timeout.as_millis() as u64,
+        },
+    };
+    for w in waiters {
+        let _ = w.send(Err(result.clone()));
+    }
+}

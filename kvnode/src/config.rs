@@ -1,0 +1,191 @@
+//! A node's settings, validated, whichever way they were given on the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kvapi::cluster::check_host_port;
+use kvapi::ClusterFile;
+
+use crate::batcher::BatchLimits;
+use crate::types::NodeId;
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Client API address (`host:port`), bound and advertised.
+    pub http_addr: String,
+    /// Peer address (`host:port`), bound and advertised.
+    pub raft_addr: String,
+    /// Every member (this node included): id and peer address.
+    pub members: Vec<(NodeId, String)>,
+    /// Fingerprint of the membership; stored in the data directory and sent with peer RPCs.
+    pub cluster: String,
+    /// Where the log, vote and snapshots live.
+    pub data_dir: PathBuf,
+    /// Largest accepted value (serialized JSON bytes).
+    pub max_value_bytes: usize,
+    /// How long a request waits for a leader during an election before 503.
+    pub leader_wait: Duration,
+    /// Bound on one leadership confirmation for reads.
+    pub read_timeout: Duration,
+    /// Group commit limits, including the write timeout.
+    pub batch: BatchLimits,
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout, lower bound.
+    pub election_min_ms: u64,
+    /// Election timeout, upper bound.
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every: u64,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    /// Settings with defaults for node `id` of the given membership.
+    fn with_defaults(
+        id: NodeId,
+        http_addr: String,
+        raft_addr: String,
+        members: Vec<(NodeId, String)>,
+    ) -> Self {
+        let cluster = fingerprint(&members);
+        NodeConfig {
+            id,
+            http_addr,
+            raft_addr,
+            members,
+            cluster,
+            data_dir: PathBuf::from(format!("data/node{id}")),
+            max_value_bytes: kvapi::DEFAULT_MAX_VALUE_BYTES,
+            leader_wait: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(3),
+            batch: BatchLimits {
+                max_ops: 1024,
+                max_bytes: 4 * 1024 * 1024,
+                max_in_flight: 4,
+                write_timeout: Duration::from_secs(5),
+            },
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_every: 10_000,
+        }
+    }
+
+    /// Node `id` of the cluster described by a cluster file.
+    pub fn from_cluster_file(file: &ClusterFile, id: NodeId) -> Result<Self, ConfigError> {
+        let me = file.get(id).ok_or_else(|| {
+            let ids: Vec<String> = file.node.iter().map(|n| n.id.to_string()).collect();
+            ConfigError(format!(
+                "node id {id} is not in the cluster file (it lists {})",
+                ids.join(", ")
+            ))
+        })?;
+        let members = file.node.iter().map(|n| (n.id, n.raft.clone())).collect();
+        Ok(Self::with_defaults(id, me.http.clone(), me.raft.clone(), members))
+    }
+
+    /// The assignment's form: this node's HTTP port, its Raft address, the others' Raft
+    /// addresses. Ids are the positions of the Raft addresses in sorted order, so every node
+    /// derives the same ids from the same set of addresses.
+    pub fn from_positional(http_port: u16, raft: &str, others: &[String]) -> Result<Self, ConfigError> {
+        check_host_port(raft).map_err(|e| ConfigError(format!("raft address {raft:?} {e}")))?;
+        let mut all: Vec<String> = others.to_vec();
+        for a in &all {
+            check_host_port(a).map_err(|e| ConfigError(format!("peer address {a:?} {e}")))?;
+        }
+        all.push(raft.to_string());
+        all.sort();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            return Err(ConfigError("a Raft address is listed twice".into()));
+        }
+        let members: Vec<(NodeId, String)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as NodeId, a.clone()))
+            .collect();
+        let id = members
+            .iter()
+            .find(|(_, a)| a == raft)
+            .map(|(i, _)| *i)
+            .ok_or_else(|| ConfigError("own raft address missing".into()))?;
+        let host = raft.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+        if http_port == 0 {
+            return Err(ConfigError("the HTTP port must be 1-65535".into()));
+        }
+        Ok(Self::with_defaults(
+            id,
+            format!("{host}:{http_port}"),
+            raft.to_string(),
+            members,
+        ))
+    }
+
+    /// Check the settings fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms {
+            return Err(ConfigError(format!(
+                "timing must satisfy heartbeat < election-min < election-max (got {} < {} < {})",
+                self.heartbeat_ms, self.election_min_ms, self.election_max_ms
+            )));
+        }
+        if self.max_value_bytes == 0 {
+            return Err(ConfigError("--max-value-bytes must be positive".into()));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConfigError("--snapshot-every must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A short, stable name for a membership: FNV-1a over the sorted `(id, raft address)` pairs.
+pub fn fingerprint(members: &[(NodeId, String)]) -> String {
+    let mut sorted = members.to_vec();
+    sorted.sort();
+    let text: String = sorted.iter().map(|(id, a)| format!("{id}={a};")).collect();
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_form_gives_every_node_the_same_ids() {
+        let a = NodeConfig::from_positional(
+            8080,
+            "127.0.0.1:6000",
+            &["127.0.0.1:6001".into(), "127.0.0.1:6002".into()],
+        )
+        .expect("valid");
+        let c = NodeConfig::from_positional(
+            8082,
+            "127.0.0.1:6002",
+            &["127.0.0.1:6001".into(), "127.0.0.1:6000".into()],
+        )
+        .expect("valid");
+        assert_eq!(a.id, 0);
+        assert_eq!(c.id, 2);
+        assert_eq!(a.cluster, c.cluster);
+        assert_eq!(a.members, c.members);
+        assert_eq!(a.http_addr, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn bad_positional_input_is_refused() {
+        assert!(NodeConfig::from_positional(8080, "nonsense", &[]).is_err());
+        assert!(NodeConfig::from_positional(8080, "h:1", &["h:1".into()]).is_err());
+        assert!(NodeConfig::from_positional(0, "h:1", &[]).is_err());
+    }
+}

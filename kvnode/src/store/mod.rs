@@ -1,0 +1,184 @@
+//! A node's data directory: who it belongs to, the durable log, and the state machine.
+//!
+//! ```text
+//! DATA_DIR/
+//!   node.json      identity: node id and cluster fingerprint, written once
+//!   raft.redb      log entries, vote, last purged id, commit hint (see `log`)
+//!   snapshot.bin   latest snapshot of the state machine (see `sm`)
+//! ```
+//!
+//! Opening refuses, with a message that names the problem, a directory that belongs to another
+//! node or another cluster, one that holds data but no identity, and one whose files are
+//! damaged. A node must never start empty on top of data it failed to read: that would let it
+//! vote and acknowledge as if it had never promised anything.
+
+pub mod log;
+pub mod sm;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use log::LogStore;
+pub use sm::StateMachineStore;
+
+use crate::types::NodeId;
+
+const IDENTITY_FILE: &str = "node.json";
+const DB_FILE: &str = "raft.redb";
+
+/// Who a data directory belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// Fingerprint of the cluster's membership (ids and peer addresses).
+    pub cluster: String,
+}
+
+/// Why a data directory cannot be used. The message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory could not be created or read.
+    #[error("data directory {path}: {source}")]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// It belongs to a different node id.
+    #[error("data directory {path} belongs to node {found}, not node {expected}; point --data-dir at node {expected}'s directory")]
+    WrongNode {
+        /// The directory.
+        path: PathBuf,
+        /// The id recorded there.
+        found: NodeId,
+        /// The id this process was started as.
+        expected: NodeId,
+    },
+    /// It belongs to a different cluster.
+    #[error("data directory {path} belongs to another cluster (fingerprint {found}, this cluster's is {expected}); use a fresh directory or the original cluster file")]
+    WrongCluster {
+        /// The directory.
+        path: PathBuf,
+        /// The fingerprint recorded there.
+        found: String,
+        /// The fingerprint of the cluster this process was started with.
+        expected: String,
+    },
+    /// Something in it is damaged or missing.
+    #[error("data directory {path} is corrupt: {reason}; refusing to start rather than lose data")]
+    Corrupt {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// An opened data directory.
+pub struct DataDir {
+    /// The durable log.
+    pub log: LogStore,
+    /// The state machine.
+    pub sm: StateMachineStore,
+}
+
+impl DataDir {
+    /// Open (creating when absent) the data directory for `identity`.
+    pub fn open(dir: &Path, identity: &Identity) -> Result<DataDir, OpenError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let id_path = dir.join(IDENTITY_FILE);
+        match std::fs::read(&id_path) {
+            Ok(bytes) => {
+                let found: Identity = serde_json::from_slice(&bytes).map_err(|e| OpenError::Corrupt {
+                    path: id_path.clone(),
+                    reason: format!("{IDENTITY_FILE} is not valid: {e}"),
+                })?;
+                if found.node_id != identity.node_id {
+                    return Err(OpenError::WrongNode {
+                        path: dir.to_path_buf(),
+                        found: found.node_id,
+                        expected: identity.node_id,
+                    });
+                }
+                if found.cluster != identity.cluster {
+                    return Err(OpenError::WrongCluster {
+                        path: dir.to_path_buf(),
+                        found: found.cluster,
+                        expected: identity.cluster.clone(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                for file in [DB_FILE, "snapshot.bin"] {
+                    if dir.join(file).exists() {
+                        return Err(OpenError::Corrupt {
+                            path: dir.to_path_buf(),
+                            reason: format!("it holds {file} but no {IDENTITY_FILE}"),
+                        });
+                    }
+                }
+                let bytes = serde_json::to_vec_pretty(identity).map_err(|e| OpenError::Corrupt {
+                    path: id_path.clone(),
+                    reason: e.to_string(),
+                })?;
+                write_atomically(&id_path, &bytes).map_err(io(&id_path))?;
+            }
+            Err(e) => return Err(io(&id_path)(e)),
+        }
+
+        let db_path = dir.join(DB_FILE);
+        let db = redb::Database::create(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Io {
+                path: db_path.clone(),
+                source: std::io::Error::other(
+                    "it is in use by another process (is this node already running?)",
+                ),
+            },
+            other => OpenError::Corrupt {
+                path: db_path.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+        let log = LogStore::new(Arc::new(db)).map_err(|e| OpenError::Corrupt {
+            path: db_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let sm = StateMachineStore::open(dir).map_err(|e| OpenError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(DataDir { log, sm })
+    }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves the old or the new content, never a mix:
+/// write a temporary file, fsync it, rename it over `path`, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(match path.extension() {
+        Some(ext) => format!("{}.tmp", ext.to_string_lossy()),
+        None => "tmp".to_string(),
+    });
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    sm::sync_file(&mut f)?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
