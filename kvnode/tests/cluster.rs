@@ -1,0 +1,569 @@
+//! Real clusters of `kvnode` processes: the user-visible promises of the server.
+//!
+//! Every test starts its own nodes on ephemeral ports (see `testkit`), talks to them over HTTP,
+//! and kills them when it ends; a failing test prints every node's log.
+
+use std::time::Duration;
+
+use serde_json::json;
+use testkit::{poll, Cluster};
+
+const FAST: &[&str] = &[
+    "--heartbeat-ms",
+    "50",
+    "--election-min-ms",
+    "300",
+    "--election-max-ms",
+    "600",
+];
+
+fn code(r: &testkit::Reply) -> &str {
+    r.json["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[test]
+fn the_assignment_examples_work_through_any_node() {
+    let c = Cluster::start(3);
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    let follower = c.ids().into_iter().find(|i| *i != leader).expect("a follower");
+    let other = c
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader && *i != follower)
+        .expect("another follower");
+
+    let r = c.put(follower, "a", json!(["cat", "dog"])).expect("answer");
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert!(
+        r.json["index"].as_u64().is_some(),
+        "write answers carry the log index: {:?}",
+        r.json
+    );
+    // curl -d sends a form content type: the body is JSON anyway.
+    let r = c
+        .request(
+            other,
+            "POST",
+            "/keys/a",
+            Some(r#"{"type":"APPEND","value":"mouse"}"#),
+            &[("content-type", "application/x-www-form-urlencoded")],
+        )
+        .expect("answer");
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    for id in c.ids() {
+        let r = c.request(id, "GET", "/keys/a", None, &[]).expect("answer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json["key"], "a");
+        assert_eq!(r.json["value"], json!(["cat", "dog", "mouse"]), "node {id}");
+    }
+    let stale = c
+        .request(other, "GET", "/keys/a?consistency=stale", None, &[])
+        .expect("answer");
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.json["consistency"], "stale");
+    assert!(stale.json["applied_index"].as_u64().is_some());
+
+    // Keys may contain slashes and percent-encoded characters.
+    assert_eq!(
+        c.put(leader, "dir/sub%20key", json!(1)).expect("answer").status,
+        200
+    );
+    assert_eq!(c.get(follower, "dir/sub%20key").expect("answer"), Some(json!(1)));
+    let listing = c
+        .request(follower, "GET", "/keys?prefix=dir/", None, &[])
+        .expect("answer");
+    assert_eq!(listing.json["keys"], json!(["dir/sub key"]));
+
+    let del = c
+        .request(follower, "DELETE", "/keys/a", None, &[])
+        .expect("answer");
+    assert_eq!(del.status, 200);
+    let del = c.request(leader, "DELETE", "/keys/a", None, &[]).expect("answer");
+    assert_eq!((del.status, code(&del)), (404, "key_not_found"));
+    let get = c.request(other, "GET", "/keys/a", None, &[]).expect("answer");
+    assert_eq!((get.status, code(&get)), (404, "key_not_found"));
+
+    let s = c.status(leader).expect("status");
+    assert_eq!(s.role, kvapi::Role::Leader);
+    assert_eq!(s.members.len(), 3);
+    let followers = s.followers.expect("the leader reports follower progress");
+    assert_eq!(followers.len(), 2);
+    let fs = c.status(follower).expect("status");
+    assert_eq!(fs.leader.map(|l| l.id), Some(leader));
+    assert!(fs.followers.is_none());
+}
+
+#[test]
+fn bad_input_gets_a_json_error_and_changes_nothing() {
+    let c = Cluster::start_with(1, &["--max-value-bytes", "1000"]);
+    assert_eq!(c.put(0, "k", json!(["x"])).expect("answer").status, 200);
+    let long_key = "k".repeat(1025);
+    let big = format!(r#"{{"type":"PUT","value":"{}"}}"#, "x".repeat(2000));
+    let huge = format!(r#"{{"type":"PUT","value":"{}"}}"#, "x".repeat(200_000));
+    let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
+        ("POST", "/keys/k".into(), Some("{not json"), 400, "invalid_json"),
+        ("POST", "/keys/k".into(), Some(""), 400, "invalid_json"),
+        (
+            "POST",
+            "/keys/k".into(),
+            Some(r#"{"value":1}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/keys/k".into(),
+            Some(r#"{"type":"PUSH","value":1}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/keys/k".into(),
+            Some(r#"{"type":"PUT"}"#),
+            400,
+            "invalid_request",
+        ),
+        ("POST", "/keys/k".into(), Some(r#"[1,2]"#), 400, "invalid_request"),
+        (
+            "POST",
+            "/keys/".into(),
+            Some(r#"{"type":"PUT","value":1}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            format!("/keys/{long_key}"),
+            Some(r#"{"type":"PUT","value":1}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/keys/k".into(),
+            Some(big.as_str()),
+            413,
+            "value_too_large",
+        ),
+        (
+            "POST",
+            "/keys/k".into(),
+            Some(huge.as_str()),
+            413,
+            "value_too_large",
+        ),
+        (
+            "GET",
+            "/keys/k?consistency=eventual".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        ("GET", "/keys?limit=0".into(), None, 400, "invalid_request"),
+        ("GET", "/nowhere".into(), None, 404, "not_found"),
+        (
+            "PUT",
+            "/keys/k".into(),
+            Some(r#"{"type":"PUT","value":1}"#),
+            405,
+            "method_not_allowed",
+        ),
+        ("DELETE", "/admin/status".into(), None, 405, "method_not_allowed"),
+    ];
+    for (method, path, body, status, expected) in &cases {
+        let r = c.request(0, method, path, body.as_deref(), &[]).expect("answer");
+        assert_eq!(
+            (r.status, code(&r)),
+            (*status, *expected),
+            "{method} {} {:?}",
+            &path[..path.len().min(60)],
+            r.json
+        );
+        assert!(
+            r.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "every error has a message"
+        );
+    }
+    let long_idem = "i".repeat(129);
+    let r = c
+        .request(
+            0,
+            "POST",
+            "/keys/k",
+            Some(r#"{"type":"APPEND","value":1}"#),
+            &[("Idempotency-Key", &long_idem)],
+        )
+        .expect("answer");
+    assert_eq!(r.status, 400);
+
+    // APPEND onto a number: 409 naming both types.
+    assert_eq!(c.put(0, "n", json!(5)).expect("answer").status, 200);
+    let r = c.append(0, "n", json!("x"), None).expect("answer");
+    assert_eq!((r.status, code(&r)), (409, "type_conflict"));
+    let msg = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("number") && msg.contains("string"), "{msg}");
+
+    assert_eq!(
+        c.get(0, "k").expect("answer"),
+        Some(json!(["x"])),
+        "nothing changed"
+    );
+    assert_eq!(c.get(0, "n").expect("answer"), Some(json!(5)));
+}
+
+#[test]
+fn a_retried_append_with_the_same_idempotency_key_lands_once_on_any_node() {
+    let c = Cluster::start(3);
+    for id in c.ids() {
+        let r = c
+            .append(id, "log", json!("once"), Some("write-1"))
+            .expect("answer");
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        let replayed = r.headers.get("idempotent-replayed").is_some();
+        assert_eq!(replayed, id != 0, "only the first copy is applied (node {id})");
+    }
+    assert_eq!(c.get(2, "log").expect("answer"), Some(json!(["once"])));
+    let reused = c
+        .append(1, "log", json!("other"), Some("write-1"))
+        .expect("answer");
+    assert_eq!((reused.status, code(&reused)), (422, "idempotency_key_reused"));
+    assert_eq!(c.get(1, "log").expect("answer"), Some(json!(["once"])));
+}
+
+#[test]
+fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start_with(3, FAST);
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let via = c.ids()[i % 3];
+        let r = c
+            .append(via, "k", json!(i), Some(&format!("w{i}")))
+            .expect("answer");
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        acked.push(i);
+    }
+    c.kill(leader);
+    let new_leader = c.wait_for_new_leader(leader, Duration::from_secs(20));
+    assert_ne!(new_leader, leader);
+    for id in c.running() {
+        assert_eq!(c.get(id, "k").expect("answer"), Some(json!(acked)), "node {id}");
+    }
+    // Writes continue, and the old leader catches up when it comes back.
+    assert_eq!(
+        c.append(new_leader, "k", json!(30), None).expect("answer").status,
+        200
+    );
+    acked.push(30);
+    c.restart(leader);
+    poll(Duration::from_secs(20), "the old leader to catch up", || {
+        let r = c.request(leader, "GET", "/keys/k?consistency=stale", None, &[])?;
+        (r.json["value"] == json!(acked)).then_some(())
+    });
+}
+
+#[test]
+fn killing_every_node_at_once_loses_nothing() {
+    let mut c = Cluster::start_with(3, FAST);
+    for i in 0..20 {
+        let r = c
+            .put(c.ids()[i % 3], &format!("key{i}"), json!({"n": i}))
+            .expect("answer");
+        assert_eq!(r.status, 200);
+    }
+    for id in c.ids() {
+        c.kill(id);
+    }
+    for id in c.ids() {
+        c.restart(id);
+    }
+    c.wait_for_leader(Duration::from_secs(30));
+    for i in 0..20 {
+        assert_eq!(
+            c.get(i % 3, &format!("key{i}")).expect("answer"),
+            Some(json!({"n": i}))
+        );
+    }
+}
+
+#[test]
+fn without_a_quorum_writes_and_reads_fail_fast_with_503() {
+    let mut c = Cluster::start_with(
+        3,
+        &[
+            "--leader-wait-ms",
+            "800",
+            "--election-min-ms",
+            "300",
+            "--election-max-ms",
+            "600",
+        ],
+    );
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    assert_eq!(c.put(leader, "k", json!(1)).expect("answer").status, 200);
+    let others: Vec<_> = c.ids().into_iter().filter(|i| *i != leader).collect();
+    for id in &others {
+        c.kill(*id);
+    }
+    // The old leader cannot confirm leadership: a linearizable read must not be served.
+    let r = c.request(leader, "GET", "/keys/k", None, &[]).expect("answer");
+    assert_eq!((r.status, code(&r)), (503, "unavailable"), "{:?}", r.json);
+    assert!(r.headers.get("retry-after").is_some());
+    // A stale read says what this replica has.
+    let r = c
+        .request(leader, "GET", "/keys/k?consistency=stale", None, &[])
+        .expect("answer");
+    assert_eq!(r.status, 200);
+    // A write cannot commit: unavailable (no leader) or outcome unknown, never success.
+    let r = c.put(leader, "k", json!(2)).expect("answer");
+    assert!(matches!(r.status, 503 | 504), "{:?}", r.json);
+    // The cluster heals when the others return, and the acknowledged value is there.
+    for id in &others {
+        c.restart(*id);
+    }
+    c.wait_for_leader(Duration::from_secs(20));
+    let v = c.get(others[0], "k").expect("answer").expect("present");
+    assert!(v == json!(1) || v == json!(2), "{v}");
+}
+
+#[test]
+fn a_follower_that_missed_compacted_entries_catches_up_from_a_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-every", "20"]);
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    let lagging = c.ids().into_iter().find(|i| *i != leader).expect("follower");
+    c.kill(lagging);
+    // Entries one by one, so the log grows well past the snapshot threshold plus the 1000
+    // entries openraft keeps after a snapshot.
+    for i in 0..1100 {
+        let r = c.put(leader, &format!("k{}", i % 50), json!(i)).expect("answer");
+        assert_eq!(r.status, 200, "{:?}", r.json);
+    }
+    let s = c.status(leader).expect("status");
+    assert!(s.snapshot_index.is_some(), "the leader took a snapshot: {s:?}");
+    c.restart(lagging);
+    poll(
+        Duration::from_secs(30),
+        "the lagging follower to catch up",
+        || {
+            let r = c.request(lagging, "GET", "/keys/k49?consistency=stale", None, &[])?;
+            (r.json["value"] == json!(1099)).then_some(())
+        },
+    );
+    let fs = c.status(lagging).expect("status");
+    assert!(fs.snapshot_index.is_some(), "it installed a snapshot: {fs:?}");
+    // And it survives a restart from its own snapshot plus log.
+    c.kill(lagging);
+    c.restart(lagging);
+    poll(Duration::from_secs(20), "the follower to come back", || {
+        let r = c.request(lagging, "GET", "/keys/k0?consistency=stale", None, &[])?;
+        (r.json["value"] == json!(1050)).then_some(())
+    });
+}
+
+#[test]
+fn a_wiped_node_rejoins_instead_of_splitting_the_cluster() {
+    let mut c = Cluster::start_with(3, FAST);
+    c.wait_for_leader(Duration::from_secs(20));
+    assert_eq!(c.put(1, "k", json!("v")).expect("answer").status, 200);
+    // Node 0 is the one that forms new clusters; wipe it while the others run.
+    c.wipe(0);
+    c.restart(0);
+    poll(
+        Duration::from_secs(30),
+        "the wiped node to receive the data",
+        || {
+            let r = c.request(0, "GET", "/keys/k?consistency=stale", None, &[])?;
+            (r.json["value"] == json!("v")).then_some(())
+        },
+    );
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    let statuses: Vec<_> = c.ids().into_iter().filter_map(|i| c.status(i)).collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.leader.as_ref().map(|l| l.id) == Some(leader)),
+        "{statuses:?}"
+    );
+    assert!(
+        c.log(0).contains("already belongs to a cluster"),
+        "node 0 saw the running cluster"
+    );
+}
+
+#[test]
+fn data_directories_of_another_node_or_damaged_ones_are_refused() {
+    let mut c = Cluster::start(1);
+    assert_eq!(c.put(0, "k", json!(1)).expect("answer").status, 200);
+    c.kill(0);
+    let dir = c.data_dir(0);
+    let bin = testkit::kvnode_bin();
+
+    // Another node id on this directory.
+    let mut file = c.description().clone();
+    file.node[0].id = 7;
+    let other = c.dir().join("other.toml");
+    std::fs::write(&other, file.to_toml()).expect("write");
+    let out = std::process::Command::new(&bin)
+        .args([
+            "--cluster",
+            other.to_str().expect("utf8"),
+            "--id",
+            "7",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("belongs to node 0"), "{err}");
+
+    // Another cluster (different peer address) on this directory.
+    let mut file = c.description().clone();
+    file.node[0].raft = "127.0.0.1:1".into();
+    std::fs::write(&other, file.to_toml()).expect("write");
+    let out = std::process::Command::new(&bin)
+        .args([
+            "--cluster",
+            other.to_str().expect("utf8"),
+            "--id",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another cluster"), "{err}");
+
+    // A damaged log database.
+    let db = dir.join("raft.redb");
+    let mut bytes = std::fs::read(&db).expect("read db");
+    for b in bytes.iter_mut().take(4096) {
+        *b = 0xAB;
+    }
+    std::fs::write(&db, bytes).expect("write db");
+    let out = std::process::Command::new(&bin)
+        .args([
+            "--cluster",
+            c.cluster_file().to_str().expect("utf8"),
+            "--id",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn bad_command_lines_and_busy_ports_give_one_line_errors() {
+    let bin = testkit::kvnode_bin();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin).args(args).output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["--cluster", "/nonexistent/cluster.toml", "--id", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot read cluster file"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[node]]\nid = 0\nhttp = \"nope\"\nraft = \"127.0.0.1:1\"\n",
+    )
+    .expect("write");
+    let (code, err) = run(&["--cluster", bad.to_str().expect("utf8"), "--id", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("host:port"), "{err}");
+
+    let (code, err) = run(&["--bogus-flag"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(&["notaport", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(&["8080", "not-an-address"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("host:port"), "{err}");
+
+    // An address already in use.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let raft = testkit::free_ports(1)[0];
+    let data = dir.path().join("d");
+    let (code, err) = run(&[
+        &port.to_string(),
+        &format!("127.0.0.1:{raft}"),
+        "--data-dir",
+        data.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot listen on") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn the_assignment_command_line_forms_a_cluster_and_sigterm_stops_cleanly() {
+    let ports = testkit::free_ports(6);
+    let dir = tempfile::tempdir().expect("tmp");
+    let raft: Vec<String> = ports[3..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let mut args = vec![ports[i].to_string(), raft[i].clone()];
+        args.extend(raft.iter().filter(|a| **a != raft[i]).cloned());
+        let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
+        let child = std::process::Command::new(testkit::kvnode_bin())
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("d{i}")))
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        children.push(KillOnDrop(child));
+    }
+    let http = reqwest::blocking::Client::new();
+    let url = |i: usize, path: &str| format!("http://127.0.0.1:{}{}", ports[i], path);
+    poll(Duration::from_secs(30), "a write to succeed", || {
+        let r = http
+            .post(url(1, "/keys/a"))
+            .body(r#"{"type":"PUT","value":["cat","dog"]}"#)
+            .send()
+            .ok()?;
+        (r.status().as_u16() == 200).then_some(())
+    });
+    let r = http.get(url(2, "/keys/a")).send().expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    // SIGTERM: graceful shutdown with exit code 0.
+    let mut first = children.remove(0);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc_kill(first.0.id() as i32, 15) };
+    let status = poll(Duration::from_secs(20), "node 0 to exit", || {
+        first.0.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(0));
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,462 @@
+//! Test harness: a cluster of real `kvnode` processes on ephemeral ports.
+//!
+//! Tests of the fourth tier run the built binaries exactly as a user would: separate processes,
+//! real sockets, real data directories, SIGKILL and restart. The harness
+//! - picks free loopback ports and writes a cluster file into a temporary directory,
+//! - starts each node with its stderr in a log file,
+//! - kills every child when the [`Cluster`] is dropped, and, when the test is failing
+//!   (panicking), prints every node's log so the failure can be understood,
+//! - waits by polling with deadlines, never by fixed sleeps.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kvapi::{ClusterFile, NodeAddr, NodeId, Role, Status};
+
+/// Path of the `kvnode` binary: `$KVNODE_BIN`, or next to the test executable's directory
+/// (`target/<profile>/kvnode`), built with cargo when missing.
+pub fn kvnode_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("KVNODE_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps");
+        let bin = profile_dir.join("kvnode");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "kvnode", "--bin", "kvnode"])
+                .status()
+                .expect("run cargo build for kvnode");
+            assert!(status.success(), "building kvnode failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// Free loopback ports, never the same one twice in this process.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut g = given.lock().unwrap_or_else(|p| p.into_inner());
+        if g.insert(port) {
+            ports.push(port);
+        }
+        held.push(l);
+    }
+    ports
+}
+
+/// Poll `f` until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// One node process.
+pub struct NodeProc {
+    /// The node's id.
+    pub id: NodeId,
+    child: Option<Child>,
+    /// Its log file (stderr).
+    pub log: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// True while SIGSTOPped.
+    paused: bool,
+}
+
+/// A cluster of real `kvnode` processes.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    file: ClusterFile,
+    cluster_path: PathBuf,
+    nodes: Vec<NodeProc>,
+    args: Vec<String>,
+    http: reqwest::blocking::Client,
+}
+
+/// What a request returned.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body parsed as JSON (`Null` when empty or not JSON).
+    pub json: serde_json::Value,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Cluster {
+    /// Start `n` nodes with default settings and wait for a leader.
+    pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Start `n` nodes with extra `kvnode` arguments and wait for a leader.
+    pub fn start_with(n: usize, args: &[&str]) -> Cluster {
+        let c = Self::spawn(n, args);
+        c.wait_for_leader(Duration::from_secs(30));
+        c
+    }
+
+    /// Start `n` nodes without waiting for anything.
+    pub fn spawn(n: usize, args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(2 * n);
+        let nodes: Vec<NodeAddr> = (0..n)
+            .map(|i| NodeAddr {
+                id: i as NodeId,
+                http: format!("127.0.0.1:{}", ports[2 * i]),
+                raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
+            })
+            .collect();
+        let file = ClusterFile::from_nodes(nodes).expect("valid cluster");
+        let cluster_path = dir.path().join("cluster.toml");
+        std::fs::write(&cluster_path, file.to_toml()).expect("write cluster file");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .no_proxy()
+            .build()
+            .expect("http client");
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            file,
+            cluster_path,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir,
+            http,
+        };
+        for i in 0..n {
+            let node = NodeProc {
+                id: i as NodeId,
+                child: None,
+                log: c.dir.path().join(format!("node{i}.log")),
+                data_dir: c.dir.path().join(format!("data{i}")),
+                paused: false,
+            };
+            c.nodes.push(node);
+            c.launch(i as NodeId);
+        }
+        c
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("known node id")
+    }
+
+    fn launch(&mut self, id: NodeId) {
+        let bin = kvnode_bin();
+        let cluster = self.cluster_path.clone();
+        let args = self.args.clone();
+        let node = self.node(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open log");
+        let child = Command::new(bin)
+            .arg("--cluster")
+            .arg(&cluster)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("KVNODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kvnode");
+        node.child = Some(child);
+        node.paused = false;
+    }
+
+    /// The directory holding the cluster file, logs and data directories.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The cluster file.
+    pub fn cluster_file(&self) -> &Path {
+        &self.cluster_path
+    }
+
+    /// The cluster description.
+    pub fn description(&self) -> &ClusterFile {
+        &self.file
+    }
+
+    /// Ids of all nodes.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Ids of the nodes whose process runs (paused ones included).
+    pub fn running(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// A node's client address, `host:port`.
+    pub fn http_addr(&self, id: NodeId) -> String {
+        self.file.get(id).expect("known node").http.clone()
+    }
+
+    /// A node's base URL.
+    pub fn url(&self, id: NodeId) -> String {
+        format!("http://{}", self.http_addr(id))
+    }
+
+    /// A node's data directory.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("known node")
+            .data_dir
+            .clone()
+    }
+
+    /// SIGKILL a node and reap it.
+    pub fn kill(&mut self, id: NodeId) {
+        let node = self.node(id);
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM a node and wait for it to exit; returns its exit code.
+    pub fn terminate(&mut self, id: NodeId) -> Option<i32> {
+        let node = self.node(id);
+        let mut child = node.child.take()?;
+        // SAFETY: plain kill(2) on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGSTOP a node.
+    pub fn pause(&mut self, id: NodeId) {
+        let node = self.node(id);
+        if let Some(child) = &node.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+            node.paused = true;
+        }
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&mut self, id: NodeId) {
+        let node = self.node(id);
+        if let Some(child) = &node.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            node.paused = false;
+        }
+    }
+
+    /// Start a stopped node again with the same data directory.
+    pub fn restart(&mut self, id: NodeId) {
+        self.kill(id);
+        self.launch(id);
+    }
+
+    /// Remove a stopped node's data directory.
+    pub fn wipe(&mut self, id: NodeId) {
+        self.kill(id);
+        let dir = self.data_dir(id);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The exit status of a node that stopped by itself, if it did within `timeout`.
+    pub fn wait_exit(&mut self, id: NodeId, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let node = self.node(id);
+        let child = node.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A node's log so far.
+    pub fn log(&self, id: NodeId) -> String {
+        let node = self.nodes.iter().find(|n| n.id == id).expect("known node");
+        std::fs::read_to_string(&node.log).unwrap_or_default()
+    }
+
+    /// Send a request to node `id`. `None` when no answer came (connection refused, timeout).
+    pub fn request(
+        &self,
+        id: NodeId,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Option<Reply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.url(id), path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let resp = req.send().ok()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().ok()?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Some(Reply {
+            status,
+            json,
+            headers,
+        })
+    }
+
+    /// PUT a JSON value through node `id`.
+    pub fn put(&self, id: NodeId, key: &str, value: serde_json::Value) -> Option<Reply> {
+        let body = serde_json::json!({"type": "PUT", "value": value}).to_string();
+        self.request(id, "POST", &format!("/keys/{key}"), Some(&body), &[])
+    }
+
+    /// APPEND a JSON value through node `id`, optionally with an idempotency key.
+    pub fn append(
+        &self,
+        id: NodeId,
+        key: &str,
+        value: serde_json::Value,
+        idem: Option<&str>,
+    ) -> Option<Reply> {
+        let body = serde_json::json!({"type": "APPEND", "value": value}).to_string();
+        let headers: Vec<(&str, &str)> = idem.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        self.request(id, "POST", &format!("/keys/{key}"), Some(&body), &headers)
+    }
+
+    /// GET a key's value through node `id` (linearizable). `Some(None)` when absent.
+    pub fn get(&self, id: NodeId, key: &str) -> Option<Option<serde_json::Value>> {
+        let r = self.request(id, "GET", &format!("/keys/{key}"), None, &[])?;
+        match r.status {
+            200 => Some(Some(r.json["value"].clone())),
+            404 => Some(None),
+            _ => None,
+        }
+    }
+
+    /// A node's status, if it answers.
+    pub fn status(&self, id: NodeId) -> Option<Status> {
+        let r = self.request(id, "GET", "/admin/status", None, &[])?;
+        serde_json::from_value(r.json).ok()
+    }
+
+    /// The leader, if a majority of the running, unpaused nodes agree on one that says it leads.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        let statuses: Vec<Status> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some() && !n.paused)
+            .filter_map(|n| self.status(n.id))
+            .collect();
+        let leader = statuses.iter().find(|s| s.role == Role::Leader)?;
+        let agree = statuses
+            .iter()
+            .filter(|s| s.leader.as_ref().map(|l| l.id) == Some(leader.id) && s.term == leader.term)
+            .count();
+        (agree > self.nodes.len() / 2).then_some(leader.id)
+    }
+
+    /// Wait until there is a leader a majority agrees on.
+    pub fn wait_for_leader(&self, timeout: Duration) -> NodeId {
+        poll(timeout, "a leader", || self.leader_id())
+    }
+
+    /// Wait until a leader other than `old` is agreed on.
+    pub fn wait_for_new_leader(&self, old: NodeId, timeout: Duration) -> NodeId {
+        poll(timeout, "a new leader", || self.leader_id().filter(|l| *l != old))
+    }
+
+    /// Wait until node `id` has applied at least `index`.
+    pub fn wait_applied(&self, id: NodeId, index: u64, timeout: Duration) {
+        poll(timeout, &format!("node {id} to apply index {index}"), || {
+            self.status(id)
+                .and_then(|s| s.last_applied)
+                .filter(|a| *a >= index)
+                .map(|_| ())
+        })
+    }
+
+    /// Print every node's log to stderr (the test harness shows it for failing tests).
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(300)..];
+            eprintln!("===== node {} log ({}) =====", n.id, n.log.display());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
