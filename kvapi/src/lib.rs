@@ -149,6 +149,22 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documentation checks.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidRequest,
+        ErrorCode::KeyNotFound,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::TypeConflict,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::ValueTooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+
     /// HTTP status code that goes with this error.
     pub fn http_status(self) -> u16 {
         match self {

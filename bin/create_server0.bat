@@ -1,0 +1,5 @@
+@echo off
+rem Start node 0 of the local cluster described by bin\cluster.toml, in the foreground.
+cd /d "%~dp0"
+cargo build --release --quiet -p kvnode || exit /b 1
+..\target\release\kvnode.exe --cluster cluster.toml --id 0 --data-dir data\node0 %*
