@@ -61,7 +61,9 @@ impl Batcher {
             .send(Pending { op, size, done })
             .await
             .map_err(|_| NodeError::ShuttingDown)?;
-        rx.await.map_err(|_| NodeError::ShuttingDown)?
+        // Once queued, the write may be proposed at any moment: losing its answer now means
+        // its outcome is unknown, not that it failed.
+        rx.await.map_err(|_| NodeError::Interrupted)?
     }
 }
 
@@ -119,7 +121,7 @@ async fn commit(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
             NodeError::NotLeader { leader: f.leader_id }
         }
         Ok(Err(RaftError::APIError(e))) => NodeError::Internal(e.to_string()),
-        Ok(Err(RaftError::Fatal(Fatal::Stopped))) => NodeError::ShuttingDown,
+        Ok(Err(RaftError::Fatal(Fatal::Stopped))) => NodeError::Interrupted,
         Ok(Err(RaftError::Fatal(f))) => NodeError::Internal(f.to_string()),
         Err(_) => NodeError::OutcomeUnknown {
             waited_ms: timeout.as_millis() as u64,

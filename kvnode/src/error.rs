@@ -46,7 +46,7 @@ impl ApiError {
             NodeError::NotLeader { .. } | NodeError::NoLeader { .. } | NodeError::NoQuorum(_) => {
                 ErrorCode::Unavailable
             }
-            NodeError::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            NodeError::OutcomeUnknown { .. } | NodeError::Interrupted => ErrorCode::OutcomeUnknown,
             NodeError::ShuttingDown => ErrorCode::ShuttingDown,
             NodeError::Internal(_) => ErrorCode::Internal,
         };

@@ -86,7 +86,7 @@ struct Cli {
     batch_max_ops: usize,
 
     /// Log entries being committed at once by the group-commit task.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 2)]
     batch_in_flight: usize,
 }
 

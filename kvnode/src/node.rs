@@ -55,9 +55,12 @@ pub enum NodeError {
         /// How long the node waited.
         waited_ms: u64,
     },
-    /// The node is stopping. Retry on another node.
+    /// The node is stopping and did not propose the request. Retry on another node.
     #[error("node is shutting down; retry on another node")]
     ShuttingDown,
+    /// The node stopped while a proposed write was in flight: it may still commit.
+    #[error("the node stopped while the write was in flight; it may or may not have been applied (retry with the same Idempotency-Key to find out)")]
+    Interrupted,
     /// A bug or storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -379,7 +382,7 @@ impl Node {
     }
 
     fn has_raft_state(&self) -> bool {
-        !self.log.is_pristine().unwrap_or(false) || self.sm.has_snapshot()
+        !self.log.is_pristine() || self.sm.has_snapshot()
     }
 
     /// Form a new cluster when, and only when, it is safe: this node has the lowest id, holds no

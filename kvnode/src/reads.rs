@@ -65,8 +65,10 @@ async fn round(raft: &Raft, timeout: Duration) -> Result<Option<LogIndex>, NodeE
                 return Err(NodeError::NotLeader { leader: f.leader_id })
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) if attempt == 0 => continue,
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                return Err(NodeError::NoQuorum(q.to_string()))
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                return Err(NodeError::NoQuorum(
+                    "a majority of nodes did not confirm this leader".into(),
+                ))
             }
             Ok(Err(RaftError::Fatal(Fatal::Stopped))) => return Err(NodeError::ShuttingDown),
             Ok(Err(RaftError::Fatal(f))) => return Err(NodeError::Internal(f.to_string())),

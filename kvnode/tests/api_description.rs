@@ -37,7 +37,12 @@ fn the_description_and_the_server_agree() {
     assert_eq!(spec["openapi"].as_str(), Some("3.1.0"));
     let c = Cluster::start(1);
     c.wait_for_leader(Duration::from_secs(20));
-    assert_eq!(c.put(0, "spec-key", serde_json::json!([1])).expect("answer").status, 200);
+    assert_eq!(
+        c.put(0, "spec-key", serde_json::json!([1]))
+            .expect("answer")
+            .status,
+        200
+    );
 
     let paths = spec["paths"].as_hash().expect("paths");
     assert!(!paths.is_empty());
@@ -51,7 +56,11 @@ fn the_description_and_the_server_agree() {
                 .request(0, &method.to_uppercase(), &concrete, body, &[])
                 .expect("answer");
             if op.is_badvalue() {
-                assert_eq!(r.status, 405, "{method} {path} is undocumented and must be 405: {:?}", r.json);
+                assert_eq!(
+                    r.status, 405,
+                    "{method} {path} is undocumented and must be 405: {:?}",
+                    r.json
+                );
                 assert_eq!(r.json["error"]["code"], "method_not_allowed");
                 continue;
             }
@@ -70,13 +79,22 @@ fn the_description_and_the_server_agree() {
             let schema = resolve(&spec, &ok["content"]["application/json"]["schema"]);
             for field in schema["required"].as_vec().expect("required fields") {
                 let field = field.as_str().expect("field name");
-                assert!(r.json.get(field).is_some(), "{method} {path}: missing {field} in {:?}", r.json);
+                assert!(
+                    r.json.get(field).is_some(),
+                    "{method} {path}: missing {field} in {:?}",
+                    r.json
+                );
             }
         }
     }
 
-    let r = c.request(0, "GET", "/undocumented/route", None, &[]).expect("answer");
-    assert_eq!((r.status, r.json["error"]["code"].as_str()), (404, Some("not_found")));
+    let r = c
+        .request(0, "GET", "/undocumented/route", None, &[])
+        .expect("answer");
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // Error codes: the documented enum is exactly the server's set, with matching statuses
     // where the description names them.
@@ -89,7 +107,13 @@ fn the_description_and_the_server_agree() {
         .collect();
     let server: BTreeSet<String> = kvapi::ErrorCode::ALL
         .iter()
-        .map(|c| serde_json::to_value(c).expect("code").as_str().expect("str").to_string())
+        .map(|c| {
+            serde_json::to_value(c)
+                .expect("code")
+                .as_str()
+                .expect("str")
+                .to_string()
+        })
         .collect();
     assert_eq!(documented, server);
 }

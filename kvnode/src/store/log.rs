@@ -73,18 +73,18 @@ impl LogStore {
         }
     }
 
-    /// True when nothing was ever written: no vote, no entries, nothing purged.
-    pub fn is_pristine(&self) -> Result<bool, StorageError> {
-        let vote: Option<Vote<NodeId>> = self
-            .read_meta(KEY_VOTE)
-            .map_err(|e| StorageIOError::read_vote(&e))?;
-        let purged: Option<LogId> = self
-            .read_meta(KEY_PURGED)
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        let txn = self.db.begin_read().map_err(|e| StorageIOError::read_logs(&e))?;
-        let logs = txn.open_table(LOGS).map_err(|e| StorageIOError::read_logs(&e))?;
-        let empty = logs.is_empty().map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(vote.is_none() && purged.is_none() && empty)
+    /// True when nothing was ever written: no vote, no entries, nothing purged. A storage error
+    /// counts as "something was written": the caller uses this to decide whether it may form a
+    /// new cluster, and doubt must never lead to that.
+    pub fn is_pristine(&self) -> bool {
+        let check = || -> Result<bool, MetaError> {
+            let vote: Option<Vote<NodeId>> = self.read_meta(KEY_VOTE)?;
+            let purged: Option<LogId> = self.read_meta(KEY_PURGED)?;
+            let txn = self.db.begin_read()?;
+            let empty = txn.open_table(LOGS)?.is_empty()?;
+            Ok(vote.is_none() && purged.is_none() && empty)
+        };
+        check().unwrap_or(false)
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, MetaError> {
