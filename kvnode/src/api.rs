@@ -99,14 +99,36 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     Ok(Some(s.to_string()))
 }
 
+/// Bytes of an oversized body read and thrown away before answering 413, so that the client,
+/// still sending, gets the answer instead of a reset connection. Past this the connection is
+/// closed.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
 async fn read_body(body: Body, max_value: usize) -> Result<axum::body::Bytes> {
+    use http_body_util::BodyExt;
     let limit = max_value + BODY_OVERHEAD;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::invalid(format!("the request body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > limit + DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
             ErrorCode::ValueTooLarge,
             format!("the request body exceeds {limit} bytes (values are limited to {max_value} bytes)"),
-        )
-    })
+        ));
+    }
+    Ok(buf.into())
 }
 
 /// Validate a write body: `{"type":"PUT"|"APPEND","value":<json>}` and nothing else.
