@@ -5,20 +5,13 @@
 //! on disk before `save_vote` returns, and a purge records `last_purged` in the same transaction
 //! that deletes the entries, so a crash can never leave a hole between the two.
 //!
-//! Appends are pipelined. `append` commits the entries without syncing (redb's
-//! `Durability::None`: visible to readers at once, persisted by the next durable commit) and
-//! returns, so openraft can start replicating them to followers while the leader's own fsync
-//! runs. A flusher thread then makes one durable commit for every append queued so far and
-//! fires their callbacks in order. The leader's fsync and the followers' fsyncs overlap, and
-//! one fsync serves every append that arrived while the previous one ran.
-//!
-//! Entries are stored as JSON under their index. Other writes (vote, truncate, purge) are
-//! durable commits on the blocking pool; reads are short and run inline.
+//! Entries are stored as JSON under their index. Writes run on the blocking pool because a
+//! durable redb commit waits for fsync; reads are short and run inline.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -43,47 +36,6 @@ const NONE: u64 = u64::MAX;
 pub struct LogStore {
     db: Arc<Database>,
     committed: Arc<AtomicU64>,
-    flusher: Arc<Flusher>,
-}
-
-/// The flusher thread and the queue feeding it. Dropping the last handle closes the queue and
-/// waits for the thread, so the database is really closed when the store is gone (a reopen
-/// right after must not find it in use).
-struct Flusher {
-    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Make everything committed so far durable, then fire the callbacks of the appends it covers,
-/// oldest first. Runs until every `LogStore` clone is dropped.
-fn flush_loop(db: Arc<Database>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let result = (|| -> Result<(), MetaError> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        for callback in waiting {
-            callback.log_io_completed(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            });
-        }
-    }
 }
 
 fn to_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
@@ -102,19 +54,9 @@ impl LogStore {
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        let (tx, rx) = mpsc::channel();
-        let flush_db = db.clone();
-        let thread = std::thread::Builder::new()
-            .name("log-flusher".into())
-            .spawn(move || flush_loop(flush_db, rx))
-            .map_err(redb::Error::Io)?;
         let store = LogStore {
             db,
             committed: Arc::new(AtomicU64::new(NONE)),
-            flusher: Arc::new(Flusher {
-                tx: Some(tx),
-                thread: Some(thread),
-            }),
         };
         let committed: Option<LogId> = store.read_meta(KEY_COMMITTED).map_err(redb::Error::from)?;
         if let Some(c) = committed {
@@ -291,34 +233,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let write = || -> Result<(), MetaError> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            {
-                let mut table = txn.open_table(LOGS)?;
-                for e in entries {
-                    table.insert(e.log_id.index, to_bytes(&e)?.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        };
-        // Visible now, durable once the flusher's next commit returns; only then does the
-        // callback tell openraft the entries are on disk.
-        if let Err(e) = write() {
-            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-            return Err(StorageIOError::write_logs(&e).into());
+        let mut rows = Vec::new();
+        for e in entries {
+            rows.push((
+                e.log_id.index,
+                to_bytes(&e).map_err(|e| StorageIOError::write_logs(&e))?,
+            ));
         }
-        let Some(tx) = &self.flusher.tx else {
-            return Err(StorageIOError::write_logs(&std::io::Error::other("the log flusher stopped")).into());
-        };
-        match tx.send(callback) {
-            Ok(()) => Ok(()),
-            Err(mpsc::SendError(callback)) => {
-                let e = std::io::Error::other("the log flusher stopped");
-                let err = StorageIOError::write_logs(&e).into();
-                callback.log_io_completed(Err(e));
-                Err(err)
+        let result = self
+            .write(Durability::Immediate, move |txn| {
+                let mut table = txn.open_table(LOGS)?;
+                for (index, bytes) in &rows {
+                    table.insert(*index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .await;
+        // The commit above was durable, so the entries are on disk when the callback fires.
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
             }
         }
     }
