@@ -567,3 +567,32 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_deposed_leader_never_serves_a_stale_read() {
+    let mut c = Cluster::start_with(3, FAST);
+    let old = c.wait_for_leader(Duration::from_secs(20));
+    assert_eq!(c.put(old, "k", json!("old")).expect("answer").status, 200);
+    // Freeze the leader: the others elect a new one and accept a newer value.
+    c.pause(old);
+    let new = c.wait_for_new_leader(old, Duration::from_secs(20));
+    assert_eq!(c.put(new, "k", json!("new")).expect("answer").status, 200);
+    // Thawed, the old leader still believes it leads until it hears the new term. A read sent
+    // to it at once must not return the old value: it either finds the new one or refuses.
+    c.resume(old);
+    let r = c.request(old, "GET", "/keys/k", None, &[]).expect("answer");
+    match r.status {
+        200 => assert_eq!(r.json["value"], json!("new"), "stale read from a deposed leader"),
+        503 => {}
+        other => panic!("unexpected answer {other}: {:?}", r.json),
+    }
+    // Its own replica catches up, and stale reads say so.
+    poll(
+        Duration::from_secs(20),
+        "the old leader to apply the new value",
+        || {
+            let r = c.request(old, "GET", "/keys/k?consistency=stale", None, &[])?;
+            (r.json["value"] == json!("new")).then_some(())
+        },
+    );
+}
