@@ -1,0 +1,413 @@
+//! Rendering of results, into any `io::Write` so tests can read what a user would see.
+//!
+//! Three formats, one purpose each:
+//!
+//! - **table** (the default) is for people: aligned tables with headers, a summary under the
+//!   status table, and `OK` lines for writes.
+//! - **json** is for programs: one JSON document per command, with the server's field names.
+//!   It is indented when stdout is a terminal (so it stays readable when a person looks) and
+//!   compact otherwise (one line per document, friendly to `jq` and `grep`).
+//! - **plain** is for shell scripts: bare values, one per line, no headers, nothing to strip.
+//!
+//! Values read with `get` are JSON in both table and plain form: a string prints with its
+//! quotes, so what is printed can be fed back to `kvctl put` unchanged and `"42"` is never
+//! confused with `42`.
+
+use std::io::{self, Write};
+
+use comfy_table::{presets, Cell, CellAlignment, Table};
+use kvapi::{GetResponse, KeysResponse};
+use serde::Serialize;
+
+use crate::client::{LeaderInfo, WriteOutcome};
+use crate::survey::{format_response_time, NodeRow, Survey};
+
+/// The output format chosen with `-o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// For people.
+    #[default]
+    Table,
+    /// For programs.
+    Json,
+    /// For shell scripts.
+    Plain,
+}
+
+/// How to render: the format, and whether JSON is indented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// The format.
+    pub format: Format,
+    /// Indent JSON (stdout is a terminal).
+    pub pretty: bool,
+}
+
+/// Write `value` as JSON followed by a newline.
+pub fn write_json(w: &mut impl Write, value: &impl Serialize, pretty: bool) -> io::Result<()> {
+    if pretty {
+        serde_json::to_writer_pretty(&mut *w, value)?;
+    } else {
+        serde_json::to_writer(&mut *w, value)?;
+    }
+    writeln!(w)
+}
+
+/// The JSON form of a write's result.
+#[derive(Serialize)]
+struct WriteJson<'a> {
+    key: &'a str,
+    index: u64,
+    /// True when an earlier attempt of this write had already been applied.
+    replayed: bool,
+}
+
+/// Render the result of `put`, `append` or `delete`.
+pub fn write_outcome(w: &mut impl Write, style: Style, outcome: &WriteOutcome) -> io::Result<()> {
+    let r = &outcome.response;
+    match style.format {
+        Format::Table => {
+            if outcome.replayed {
+                writeln!(
+                    w,
+                    "OK (index {}; an earlier attempt had already applied it)",
+                    r.index
+                )
+            } else {
+                writeln!(w, "OK (index {})", r.index)
+            }
+        }
+        Format::Json => write_json(
+            w,
+            &WriteJson {
+                key: &r.key,
+                index: r.index,
+                replayed: outcome.replayed,
+            },
+            style.pretty,
+        ),
+        Format::Plain => writeln!(w, "{}", r.index),
+    }
+}
+
+/// Render the result of `get`: the value as JSON, or with `-o json` the whole answer.
+pub fn value(w: &mut impl Write, style: Style, response: &GetResponse) -> io::Result<()> {
+    match style.format {
+        Format::Table | Format::Plain => write_json(w, &response.value, style.pretty),
+        Format::Json => write_json(w, response, style.pretty),
+    }
+}
+
+/// Render the result of `keys`.
+pub fn keys(w: &mut impl Write, style: Style, response: &KeysResponse) -> io::Result<()> {
+    match style.format {
+        Format::Plain => {
+            for key in &response.keys {
+                writeln!(w, "{key}")?;
+            }
+            Ok(())
+        }
+        Format::Json => write_json(w, response, style.pretty),
+        Format::Table => {
+            if !response.keys.is_empty() {
+                let mut table = new_table();
+                table.set_header(vec!["KEY"]);
+                for key in &response.keys {
+                    table.add_row(vec![key.as_str()]);
+                }
+                writeln!(w, "{table}")?;
+            }
+            let n = response.keys.len();
+            let noun = if n == 1 { "key" } else { "keys" };
+            if response.truncated {
+                writeln!(w, "{n} {noun} shown; more match (raise --limit)")
+            } else {
+                writeln!(w, "{n} {noun}")
+            }
+        }
+    }
+}
+
+/// Render the result of `leader`.
+pub fn leader(w: &mut impl Write, style: Style, leader: &LeaderInfo) -> io::Result<()> {
+    match style.format {
+        Format::Table => writeln!(
+            w,
+            "node {} at {} leads (term {})",
+            leader.id, leader.address, leader.term
+        ),
+        Format::Json => write_json(w, leader, style.pretty),
+        Format::Plain => writeln!(w, "{}\t{}", leader.id, leader.address),
+    }
+}
+
+/// Render the result of `status`: the node table and the summary under it.
+pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<()> {
+    match style.format {
+        Format::Json => write_json(w, survey, style.pretty),
+        Format::Plain => {
+            for n in &survey.nodes {
+                let fields = [
+                    opt(n.id),
+                    n.address.clone(),
+                    role_plain(n),
+                    opt(n.term),
+                    opt(n.last_log_index),
+                    opt(n.commit_index),
+                    opt(n.last_applied),
+                    opt(n.lag),
+                    format!("{:.1}", n.response_ms),
+                    n.error.clone().unwrap_or_else(|| "-".into()),
+                ];
+                writeln!(w, "{}", fields.join("\t"))?;
+            }
+            Ok(())
+        }
+        Format::Table => {
+            let mut table = new_table();
+            table.set_header(vec![
+                "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG", "RTT", "ERROR",
+            ]);
+            for n in &survey.nodes {
+                table.add_row(vec![
+                    Cell::new(opt(n.id)),
+                    Cell::new(&n.address),
+                    Cell::new(role_table(n)),
+                    Cell::new(opt(n.term)).set_alignment(CellAlignment::Right),
+                    Cell::new(opt(n.last_log_index)).set_alignment(CellAlignment::Right),
+                    Cell::new(opt(n.commit_index)).set_alignment(CellAlignment::Right),
+                    Cell::new(opt(n.last_applied)).set_alignment(CellAlignment::Right),
+                    Cell::new(opt(n.lag)).set_alignment(CellAlignment::Right),
+                    Cell::new(format_response_time(n.response_ms)).set_alignment(CellAlignment::Right),
+                    Cell::new(n.error.as_deref().unwrap_or("")),
+                ]);
+            }
+            writeln!(w, "{table}")?;
+            writeln!(w, "{}", survey.leader_line())?;
+            writeln!(w, "{}", survey.quorum_line())?;
+            writeln!(w, "{}", survey.tolerance_line())
+        }
+    }
+}
+
+fn new_table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_FULL_CONDENSED);
+    table
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The role with the leader marked; a node that claims to lead but is not the surveyed leader
+/// (an older term) is marked stale.
+fn role_table(n: &NodeRow) -> String {
+    match n.role {
+        None => "down".into(),
+        Some(kvapi::Role::Leader) if n.is_leader => "* leader".into(),
+        Some(kvapi::Role::Leader) => "leader (stale term)".into(),
+        Some(role) => role.as_str().into(),
+    }
+}
+
+fn role_plain(n: &NodeRow) -> String {
+    match n.role {
+        None => "down".into(),
+        Some(role) => role.as_str().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::survey::tests::{healthy, report, status as node_status};
+    use kvapi::{Consistency, Role, WriteResponse};
+    use serde_json::json;
+
+    fn render(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).expect("rendering into memory cannot fail");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    const TABLE: Style = Style {
+        format: Format::Table,
+        pretty: false,
+    };
+    const JSON: Style = Style {
+        format: Format::Json,
+        pretty: false,
+    };
+    const PRETTY: Style = Style {
+        format: Format::Json,
+        pretty: true,
+    };
+    const PLAIN: Style = Style {
+        format: Format::Plain,
+        pretty: false,
+    };
+
+    fn get_response() -> GetResponse {
+        GetResponse {
+            key: "pets".into(),
+            value: json!(["cat", "dog"]),
+            consistency: Consistency::Linearizable,
+            served_by: 1,
+            applied_index: Some(7),
+        }
+    }
+
+    #[test]
+    fn get_prints_the_value_as_json() {
+        let r = get_response();
+        assert_eq!(render(|w| value(w, TABLE, &r)), "[\"cat\",\"dog\"]\n");
+        assert_eq!(render(|w| value(w, PLAIN, &r)), "[\"cat\",\"dog\"]\n");
+        let pretty = Style {
+            format: Format::Plain,
+            pretty: true,
+        };
+        assert_eq!(render(|w| value(w, pretty, &r)), "[\n  \"cat\",\n  \"dog\"\n]\n");
+        let full = render(|w| value(w, JSON, &r));
+        let parsed: serde_json::Value = serde_json::from_str(&full).expect("json");
+        assert_eq!(
+            parsed,
+            json!({"key":"pets","value":["cat","dog"],"consistency":"linearizable",
+                   "served_by":1,"applied_index":7})
+        );
+        assert_eq!(full.lines().count(), 1, "compact json is one line");
+        assert!(render(|w| value(w, PRETTY, &r)).lines().count() > 1);
+    }
+
+    #[test]
+    fn strings_keep_their_quotes() {
+        let mut r = get_response();
+        r.value = json!("Kyle Chard");
+        assert_eq!(render(|w| value(w, PLAIN, &r)), "\"Kyle Chard\"\n");
+    }
+
+    #[test]
+    fn writes_render_in_each_format() {
+        let mut outcome = WriteOutcome {
+            response: WriteResponse {
+                key: "k".into(),
+                index: 17,
+            },
+            replayed: false,
+            idempotency_key: "id".into(),
+            attempts: 1,
+        };
+        assert_eq!(render(|w| write_outcome(w, TABLE, &outcome)), "OK (index 17)\n");
+        assert_eq!(render(|w| write_outcome(w, PLAIN, &outcome)), "17\n");
+        assert_eq!(
+            render(|w| write_outcome(w, JSON, &outcome)),
+            "{\"key\":\"k\",\"index\":17,\"replayed\":false}\n"
+        );
+        outcome.replayed = true;
+        assert!(render(|w| write_outcome(w, TABLE, &outcome)).contains("earlier attempt"));
+    }
+
+    #[test]
+    fn keys_render_in_each_format() {
+        let r = KeysResponse {
+            keys: vec!["a".into(), "b/c".into()],
+            truncated: false,
+            consistency: Consistency::Linearizable,
+            applied_index: Some(3),
+        };
+        assert_eq!(render(|w| keys(w, PLAIN, &r)), "a\nb/c\n");
+        let table = render(|w| keys(w, TABLE, &r));
+        assert!(table.contains("KEY") && table.contains("b/c"), "{table}");
+        assert!(table.ends_with("2 keys\n"), "{table}");
+        let parsed: KeysResponse = serde_json::from_str(&render(|w| keys(w, JSON, &r))).expect("json");
+        assert_eq!(parsed, r);
+
+        let empty = KeysResponse {
+            keys: vec![],
+            truncated: false,
+            ..r.clone()
+        };
+        assert_eq!(render(|w| keys(w, PLAIN, &empty)), "");
+        assert_eq!(render(|w| keys(w, TABLE, &empty)), "0 keys\n");
+        let truncated = KeysResponse { truncated: true, ..r };
+        assert!(render(|w| keys(w, TABLE, &truncated)).contains("raise --limit"));
+    }
+
+    #[test]
+    fn leader_renders_in_each_format() {
+        let l = LeaderInfo {
+            id: 2,
+            address: "127.0.0.1:8082".into(),
+            term: 5,
+        };
+        assert_eq!(
+            render(|w| leader(w, TABLE, &l)),
+            "node 2 at 127.0.0.1:8082 leads (term 5)\n"
+        );
+        assert_eq!(render(|w| leader(w, PLAIN, &l)), "2\t127.0.0.1:8082\n");
+        assert_eq!(
+            render(|w| leader(w, JSON, &l)),
+            "{\"id\":2,\"address\":\"127.0.0.1:8082\",\"term\":5}\n"
+        );
+    }
+
+    #[test]
+    fn status_table_has_every_node_the_marked_leader_and_a_summary() {
+        let mut reports = healthy();
+        reports[2] = report(2, Err("connection refused"));
+        let survey = Survey::from_reports(&reports);
+        let out = render(|w| status(w, TABLE, &survey));
+        for header in [
+            "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG",
+        ] {
+            assert!(out.contains(header), "missing {header}:\n{out}");
+        }
+        assert!(out.contains("* leader"), "{out}");
+        assert!(out.contains("connection refused"), "{out}");
+        assert!(out.contains("down"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let n = lines.len();
+        assert_eq!(lines[n - 3], "Leader: node 0 (127.0.0.1:8000), term 3");
+        assert_eq!(lines[n - 2], "Quorum: yes (2 of 3 voters answer, 2 needed)");
+        assert!(lines[n - 1].starts_with("Fault tolerance: none"));
+        let row = |id: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(&format!("127.0.0.1:800{id}")))
+                .copied()
+                .unwrap_or_default()
+        };
+        assert!(row("0").contains("* leader") && row("1").contains("follower"));
+    }
+
+    #[test]
+    fn status_plain_is_one_tab_separated_line_per_node() {
+        let survey = Survey::from_reports(&healthy());
+        let out = render(|w| status(w, PLAIN, &survey));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let fields: Vec<&str> = lines[1].split('\t').collect();
+        assert_eq!(
+            &fields[..8],
+            &["1", "127.0.0.1:8001", "follower", "3", "10", "10", "10", "1"]
+        );
+        assert_eq!(fields[9], "-");
+    }
+
+    #[test]
+    fn status_json_carries_rows_and_summary() {
+        let reports = vec![
+            report(0, Err("connection refused")),
+            report(1, Ok(node_status(1, Role::Candidate, 5, None))),
+            report(2, Err("connection refused")),
+        ];
+        let survey = Survey::from_reports(&reports);
+        let out = render(|w| status(w, JSON, &survey));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["quorum"], json!(false));
+        assert_eq!(v["leader"], json!(null));
+        assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3));
+        assert_eq!(v["nodes"][0]["error"], json!("connection refused"));
+        assert_eq!(v["nodes"][1]["role"], json!("candidate"));
+    }
+}
