@@ -1,0 +1,39 @@
+//! The client library behind `kvctl`: everything an operator's tool needs to talk to a kvnode
+//! cluster, shared by the one-shot commands, the REPL and the benchmark.
+//!
+//! The pieces, in the order a request meets them:
+//!
+//! - [`endpoint`]: where the nodes are (a cluster file or a list of URLs) and how a key becomes
+//!   a URL path.
+//! - [`client`]: the async [`Client`]. It finds the leader, sends each request straight to it,
+//!   and when the leader disappears it discovers the new one and retries with backoff until the
+//!   caller's deadline. Every write carries one idempotency key for all of its attempts, so a
+//!   retried APPEND lands exactly once.
+//! - [`retry`]: the pure policy behind those retries: which failures are worth another attempt,
+//!   which ones leave a write's outcome in doubt, and how long to wait in between.
+//! - [`error`]: the typed errors a caller can act on, and the process exit code each one maps to.
+//! - [`value`]: how a command-line argument becomes a JSON value.
+//! - [`survey`]: the cluster-wide picture assembled from every node's status: who leads, how far
+//!   each follower trails, whether there is a quorum.
+//! - [`bench`]: the load generator behind `kvctl bench`.
+//! - [`output`]: rendering of results as tables, JSON or plain lines into any `io::Write`.
+//!
+//! Nothing here prints on its own: diagnostics go through `tracing`, results through [`output`].
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod client;
+pub mod endpoint;
+pub mod error;
+pub mod output;
+pub mod retry;
+pub mod survey;
+pub mod value;
+
+#[cfg(test)]
+mod mock_server;
+
+pub use client::{Client, ClientConfig, LeaderInfo, NodeReport, WriteOutcome};
+pub use endpoint::Endpoint;
+pub use error::{ClientError, Exit};
