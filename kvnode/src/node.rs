@@ -28,7 +28,7 @@ use crate::network::{PeerClient, PeerError};
 use crate::reads::ReadBarrier;
 use crate::state::KvState;
 use crate::store::{LogStore, StateMachineStore};
-use crate::types::{LogIndex, NodeId, NodeInfo, Op, OpReply, Raft};
+use crate::types::{LogIndex, NodeId, NodeInfo, Op, OpReply, Raft, Term};
 
 /// What can go wrong while serving a request, phrased by what the caller should do. Travels
 /// between nodes when a request is forwarded.
@@ -93,6 +93,22 @@ pub struct ProbeReply {
     pub initialized: bool,
 }
 
+/// What the log held when this process started, for the read barrier of a restarted leader.
+///
+/// openraft 0.9 restores a node that led term T straight back to leading T when it restarts
+/// before anyone else is elected, without a new entry of its own; its read index is then its
+/// commit index, which may trail entries it acknowledged before the crash (the commit hint is
+/// not synced). While it still leads the term it restarted in, a read therefore also waits for
+/// everything that was in its log at startup: as T's leader it never truncates its own log, so
+/// those entries commit. In a later term the term's first entry already follows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restart {
+    /// Term of the vote found on disk (0 when none).
+    pub term: Term,
+    /// Last log index found on disk.
+    pub last_log_index: Option<LogIndex>,
+}
+
 /// One node.
 pub struct Node {
     /// This node's id.
@@ -109,6 +125,7 @@ pub struct Node {
     pub peers: PeerClient,
     batcher: Batcher,
     barrier: ReadBarrier,
+    restart: Restart,
 }
 
 impl Node {
@@ -119,6 +136,7 @@ impl Node {
         sm: StateMachineStore,
         log: LogStore,
         peers: PeerClient,
+        restart: Restart,
     ) -> Node {
         let batcher = Batcher::start(raft.clone(), config.batch);
         let barrier = ReadBarrier::start(raft.clone(), config.read_timeout);
@@ -131,6 +149,7 @@ impl Node {
             peers,
             batcher,
             barrier,
+            restart,
         }
     }
 
@@ -241,7 +260,7 @@ impl Node {
         let mut last_err = None;
         loop {
             match self.leader() {
-                Some(l) if l == self.id => match self.barrier.confirm().await {
+                Some(l) if l == self.id => match self.confirm_as_leader().await {
                     Err(e @ NodeError::NoQuorum(_)) | Err(e @ NodeError::NotLeader { .. }) => {
                         last_err = Some(e)
                     }
@@ -289,9 +308,21 @@ impl Node {
     /// Serve a read-index request from a peer: only the leader answers.
     pub async fn read_index_as_leader(&self) -> Result<Option<LogIndex>, NodeError> {
         match self.leader() {
-            Some(l) if l == self.id => self.barrier.confirm().await,
+            Some(l) if l == self.id => self.confirm_as_leader().await,
             leader => Err(NodeError::NotLeader { leader }),
         }
+    }
+
+    /// The read index on the leader: a shared leadership round, raised to the log's end at
+    /// startup while this node still leads the term it restarted in (see [`Restart`]).
+    async fn confirm_as_leader(&self) -> Result<Option<LogIndex>, NodeError> {
+        let index = self.barrier.confirm().await?;
+        let term = self.raft.metrics().borrow().current_term;
+        Ok(if term == self.restart.term {
+            index.max(self.restart.last_log_index)
+        } else {
+            index
+        })
     }
 
     /// Run `f` on the state after a linearizable read barrier; returns its result and the
@@ -379,6 +410,26 @@ impl Node {
             http: self.config.http_addr.clone(),
             initialized: self.has_raft_state(),
         }
+    }
+
+    /// Whether this node may answer a vote request from a candidate whose last log index is
+    /// `candidate_last`.
+    ///
+    /// A node without Raft state has either never joined (a cluster is being formed) or lost
+    /// its data directory. A wiped node has forgotten the entries it stored and the votes it
+    /// cast: if it voted, a candidate lacking an entry that was committed on the wiped node and
+    /// one other could win, and that entry would be lost. So it votes only for a candidate
+    /// whose log holds nothing but the initial membership entry (index 0), which is exactly the
+    /// election that forms a new cluster; otherwise it waits until a leader has replicated to it.
+    pub fn may_vote(&self, candidate_last: LogIndex) -> bool {
+        let may = candidate_last == 0 || self.has_raft_state();
+        if !may {
+            tracing::warn!(
+                candidate_last,
+                "refusing to vote: this node has no Raft state (wiped?) and the candidate's log is not empty"
+            );
+        }
+        may
     }
 
     fn has_raft_state(&self) -> bool {

@@ -10,9 +10,10 @@ use tracing::info;
 
 use crate::config::NodeConfig;
 use crate::network::{PeerClient, PeerNetwork};
-use crate::node::Node;
+use crate::node::{Node, Restart};
 use crate::store::{DataDir, Identity, OpenError};
 use crate::types::Raft;
+use openraft::storage::RaftLogStorage;
 
 /// Why a node could not start or stopped with an error. Each message names the problem.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,18 @@ pub async fn run(
     };
     let data = DataDir::open(&config.data_dir, &identity)?;
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
+    let restart = {
+        let mut log = data.log.clone();
+        let state = log
+            .get_log_state()
+            .await
+            .map_err(|e| RunError::Raft(e.to_string()))?;
+        let vote = log.read_vote().await.map_err(|e| RunError::Raft(e.to_string()))?;
+        Restart {
+            term: vote.map_or(0, |v| v.leader_id.term),
+            last_log_index: state.last_log_id.map(|l| l.index),
+        }
+    };
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -97,7 +110,14 @@ pub async fn run(
     )
     .await
     .map_err(|e| RunError::Raft(e.to_string()))?;
-    let node = Arc::new(Node::new(config.clone(), raft.clone(), data.sm, data.log, peers));
+    let node = Arc::new(Node::new(
+        config.clone(),
+        raft.clone(),
+        data.sm,
+        data.log,
+        peers,
+        restart,
+    ));
 
     let bound = Bound {
         http: http_listener.local_addr().map_err(RunError::Serve)?,
