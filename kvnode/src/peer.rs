@@ -78,6 +78,12 @@ async fn append(
 }
 
 async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<u64>>) -> Response {
+    let candidate_last = req.last_log_id.map_or(0, |l| l.index);
+    if !node.may_vote(candidate_last) {
+        let msg = "this node holds no Raft state (new or wiped data directory) and votes only for a \
+                   cluster being formed, or once a leader has brought it up to date";
+        return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    }
     answer(node.raft.vote(req).await)
 }
 

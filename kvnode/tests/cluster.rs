@@ -596,3 +596,41 @@ fn a_deposed_leader_never_serves_a_stale_read() {
         },
     );
 }
+
+#[test]
+fn a_wiped_node_does_not_help_a_lagging_node_win_and_lose_a_committed_write() {
+    let mut c = Cluster::start_with(3, FAST);
+    let a = c.wait_for_leader(Duration::from_secs(20));
+    let others: Vec<_> = c.ids().into_iter().filter(|i| *i != a).collect();
+    let (b, lagging) = (others[0], others[1]);
+    // Committed on a and b only.
+    c.kill(lagging);
+    assert_eq!(c.put(a, "k", json!("v")).expect("answer").status, 200);
+    // a loses its data; b is down. The lagging node lacks the write and must not be elected
+    // with the vote of a node that forgot it ever stored it.
+    c.kill(b);
+    c.wipe(a);
+    c.restart(a);
+    c.restart(lagging);
+    let window = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < window {
+        let s = c.status(lagging);
+        assert!(
+            s.as_ref().is_none_or(|s| s.role != kvapi::Role::Leader),
+            "the lagging node won an election with the wiped node's vote: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // With b back, a leader holding the write is elected and nothing is lost.
+    c.restart(b);
+    c.wait_for_leader(Duration::from_secs(20));
+    assert_eq!(c.get(lagging, "k").expect("answer"), Some(json!("v")));
+    poll(
+        Duration::from_secs(20),
+        "the wiped node to receive the write",
+        || {
+            let r = c.request(a, "GET", "/keys/k?consistency=stale", None, &[])?;
+            (r.json["value"] == json!("v")).then_some(())
+        },
+    );
+}
