@@ -96,7 +96,23 @@ pub struct Cluster {
     cluster_path: PathBuf,
     nodes: Vec<NodeProc>,
     args: Vec<String>,
+    /// Per node id, a command the `kvnode` invocation is wrapped in (empty: run it directly).
+    prefixes: Vec<Vec<String>>,
     http: reqwest::blocking::Client,
+}
+
+/// Where one node listens and how its process is started, for clusters that do not live on
+/// loopback ports: e.g. a node inside a network namespace is started as
+/// `ip netns exec NAME kvnode ...` and listens on the namespace's own address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLayout {
+    /// Client HTTP address, `host:port`.
+    pub http: String,
+    /// Peer (Raft) address, `host:port`.
+    pub raft: String,
+    /// Program and arguments placed before the `kvnode` binary (empty: none). The wrapper must
+    /// `exec` kvnode so that signals sent to the child reach the node itself.
+    pub launch_prefix: Vec<String>,
 }
 
 /// What a request returned.
@@ -125,13 +141,30 @@ impl Cluster {
 
     /// Start `n` nodes without waiting for anything.
     pub fn spawn(n: usize, args: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
-        let nodes: Vec<NodeAddr> = (0..n)
-            .map(|i| NodeAddr {
-                id: i as NodeId,
+        let layout: Vec<NodeLayout> = (0..n)
+            .map(|i| NodeLayout {
                 http: format!("127.0.0.1:{}", ports[2 * i]),
                 raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                launch_prefix: Vec::new(),
+            })
+            .collect();
+        Self::spawn_with_layout(&layout, args)
+    }
+
+    /// Start one node per entry of `layout` (node `i` gets id `i`) without waiting for
+    /// anything: the addresses and launch prefixes are the caller's, everything else (data
+    /// directories, logs, kill-on-drop) is as with [`Cluster::spawn`].
+    pub fn spawn_with_layout(layout: &[NodeLayout], args: &[&str]) -> Cluster {
+        let n = layout.len();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes: Vec<NodeAddr> = layout
+            .iter()
+            .enumerate()
+            .map(|(i, l)| NodeAddr {
+                id: i as NodeId,
+                http: l.http.clone(),
+                raft: l.raft.clone(),
             })
             .collect();
         let file = ClusterFile::from_nodes(nodes).expect("valid cluster");
@@ -147,6 +180,7 @@ impl Cluster {
             file,
             cluster_path,
             args: args.iter().map(|s| s.to_string()).collect(),
+            prefixes: layout.iter().map(|l| l.launch_prefix.clone()).collect(),
             dir,
             http,
         };
@@ -172,13 +206,22 @@ impl Cluster {
         let bin = kvnode_bin();
         let cluster = self.cluster_path.clone();
         let args = self.args.clone();
+        let prefix = self.prefixes.get(id as usize).cloned().unwrap_or_default();
         let node = self.node(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)
             .expect("open log");
-        let child = Command::new(bin)
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("--cluster")
             .arg(&cluster)
             .arg("--id")
@@ -301,6 +344,11 @@ impl Cluster {
     pub fn restart(&mut self, id: NodeId) {
         self.kill(id);
         self.launch(id);
+    }
+
+    /// True while node `id` is SIGSTOPped by [`Cluster::pause`].
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.nodes.iter().any(|n| n.id == id && n.paused)
     }
 
     /// Remove a stopped node's data directory.

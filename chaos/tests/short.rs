@@ -1,0 +1,130 @@
+//! The short fault-injection runs that are part of `cargo test`: about a minute in total.
+//!
+//! Each run starts a fresh cluster of real `kvnode` processes, drives concurrent clients
+//! against it while the nemesis kills, pauses and (as root) partitions nodes on a seeded
+//! schedule, heals, reads the final state and checks the whole history. The seed is printed
+//! first; set `CHAOS_SEED` to replay one. A failing run prints its summary with the first
+//! anomalies of each class, saves its history, and (through testkit's drop) every node's log.
+//!
+//! The runs take turns (one lock) rather than sharing the two cores of CI: faults are timed,
+//! and a starved cluster would only make the schedule meaningless.
+//!
+//! Quick restarts after a kill are off here: they found a stale-read bug in kvnode (now fixed,
+//! see `a_leader_restarted_after_a_crash_does_not_serve_stale_reads` in scenarios.rs) and stay
+//! opt-in until more long runs with them have passed; `CHAOS_QUICK_RESTARTS=1` turns them on.
+//!
+//! The last test is the harness checking itself: the same machinery with stale reads switched
+//! on must report anomalies, so a run that passes is not passing because it cannot fail.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chaos::nemesis::FaultKind;
+use chaos::{AnomalyKind, RunConfig, RunResult};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn seed() -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 1_000_000_000)
+                .unwrap_or(1)
+        })
+}
+
+/// Run, print the summary, save the history when the run failed.
+fn run(config: &RunConfig) -> (RunResult, String) {
+    eprintln!(
+        "chaos seed {} (replay: CHAOS_SEED={} or {})",
+        config.seed,
+        config.seed,
+        config.replay_command()
+    );
+    let result = chaos::run(config, &mut std::io::stderr()).expect("the run could be carried out");
+    let mut summary = Vec::new();
+    result.summarize(config, &mut summary).expect("render");
+    let summary = String::from_utf8(summary).expect("utf8");
+    eprintln!("{summary}");
+    if !result.passed() {
+        let base = std::env::temp_dir().join(format!("chaos-seed-{}", config.seed));
+        match result.save(&base) {
+            Ok(files) => eprintln!("history and node logs saved: {files:?}"),
+            Err(e) => eprintln!("could not save the failing run: {e}"),
+        }
+    }
+    (result, summary)
+}
+
+fn check_clean_run(nodes: usize, clients: usize) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut config = RunConfig::new(seed(), nodes, clients, Duration::from_secs(25));
+    // Immediate restarts after a kill are opt-in (see the module comment);
+    // CHAOS_QUICK_RESTARTS=1 brings them back. Kills with ordinary holds still run.
+    if std::env::var_os("CHAOS_QUICK_RESTARTS").is_none() {
+        config.pace.quick_restart = 0.0;
+    }
+    let (result, summary) = run(&config);
+    // Panicking while `result` holds the cluster makes testkit print every node's log.
+    assert!(
+        result.passed(),
+        "seed {}: anomalies found\n{summary}",
+        config.seed
+    );
+    // Guard against a vacuous pass: the run must have done real work under real faults.
+    let faults = result.report.faults_injected();
+    assert!(faults >= 4, "too few faults injected ({faults}):\n{summary}");
+    assert!(
+        result.report.appends.ok >= 100,
+        "too few acknowledged appends:\n{summary}"
+    );
+    assert!(
+        result.report.reads.ok >= 100,
+        "too few successful reads:\n{summary}"
+    );
+    if chaos::netns::is_root() {
+        assert!(
+            result.faults.contains(&FaultKind::Partition),
+            "root runs partition too"
+        );
+    }
+}
+
+#[test]
+fn three_nodes_survive_kills_pauses_and_partitions() {
+    check_clean_run(3, 6);
+}
+
+#[test]
+fn five_nodes_survive_kills_pauses_and_partitions() {
+    check_clean_run(5, 8);
+}
+
+#[test]
+fn the_harness_catches_stale_reads_in_a_real_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut config = RunConfig::new(seed(), 3, 6, Duration::from_secs(8));
+    config.faults = BTreeSet::from([FaultKind::Kill]);
+    config.stale_reads = true;
+    let (result, summary) = run(&config);
+    let stale = [AnomalyKind::MissedAcknowledged, AnomalyKind::NonMonotonic];
+    assert!(
+        stale.iter().any(|k| result.report.anomaly_counts.contains_key(k)),
+        "stale reads from restarted followers went unnoticed:\n{summary}"
+    );
+    // Stale reads are the only thing wrong with this run: writes are still exactly-once.
+    let unexpected: Vec<&AnomalyKind> = result
+        .report
+        .anomaly_counts
+        .keys()
+        .filter(|k| !stale.contains(k))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected anomalies {unexpected:?}:\n{summary}"
+    );
+}
