@@ -356,7 +356,12 @@ fn a_follower_that_missed_compacted_entries_catches_up_through_a_snapshot() {
     // entries: the only way to have caught up is the leader's snapshot.
     let s = cluster.status(follower).expect("status");
     assert!(s.snapshot_index.is_some(), "the follower holds a snapshot: {s:?}");
-    assert_eq!(local_copy(&cluster, follower, "k"), expected);
+    // The writes after the leader's last snapshot arrive as log entries, a moment later.
+    poll(
+        Duration::from_secs(20),
+        "the follower to hold every write",
+        || (local_copy(&cluster, follower, "k") == expected).then_some(()),
+    );
 }
 
 /// Files under `dir` (recursively) named `name`.
