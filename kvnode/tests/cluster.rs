@@ -397,46 +397,33 @@ fn data_directories_of_another_node_or_damaged_ones_are_refused() {
     assert_eq!(c.put(0, "k", json!(1)).expect("answer").status, 200);
     c.kill(0);
     let dir = c.data_dir(0);
-    let bin = testkit::kvnode_bin();
+    // Start node `id` of `cluster` on node 0's data directory: it must refuse, exit 1, and
+    // say why.
+    let refused = |cluster: &std::path::Path, id: &str, why: &str| {
+        let out = std::process::Command::new(testkit::kvnode_bin())
+            .arg("--cluster")
+            .arg(cluster)
+            .args(["--id", id, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("run kvnode");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(why), "expected {why:?} in: {err}");
+    };
 
     // Another node id on this directory.
+    let other = c.dir().join("other.toml");
     let mut file = c.description().clone();
     file.node[0].id = 7;
-    let other = c.dir().join("other.toml");
     std::fs::write(&other, file.to_toml()).expect("write");
-    let out = std::process::Command::new(&bin)
-        .args([
-            "--cluster",
-            other.to_str().expect("utf8"),
-            "--id",
-            "7",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("belongs to node 0"), "{err}");
+    refused(&other, "7", "belongs to node 0");
 
     // Another cluster (different peer address) on this directory.
     let mut file = c.description().clone();
     file.node[0].raft = "127.0.0.1:1".into();
     std::fs::write(&other, file.to_toml()).expect("write");
-    let out = std::process::Command::new(&bin)
-        .args([
-            "--cluster",
-            other.to_str().expect("utf8"),
-            "--id",
-            "0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("another cluster"), "{err}");
+    refused(&other, "0", "another cluster");
 
     // A damaged log database.
     let db = dir.join("raft.redb");
@@ -445,20 +432,7 @@ fn data_directories_of_another_node_or_damaged_ones_are_refused() {
         *b = 0xAB;
     }
     std::fs::write(&db, bytes).expect("write db");
-    let out = std::process::Command::new(&bin)
-        .args([
-            "--cluster",
-            c.cluster_file().to_str().expect("utf8"),
-            "--id",
-            "0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("corrupt"), "{err}");
+    refused(c.cluster_file(), "0", "corrupt");
 }
 
 #[test]
