@@ -29,7 +29,7 @@ use testkit::{Cluster, NodeLayout};
 use crate::checker::{check, Report};
 use crate::history::{History, Op, OpKind, Outcome, Recorder, RunMeta};
 use crate::nemesis::{current_leader, schedule, FaultKind, Nemesis, NemesisError, Pace};
-use crate::netns::{is_root, Netns, NetnsError};
+use crate::netns::{can_make_namespaces, Netns, NetnsError};
 use crate::workload::{self, NodeEndpoint, WorkloadConfig, WorkloadError};
 
 /// Election timing used unless the caller overrides it: fast elections make every fault
@@ -227,9 +227,9 @@ impl RunResult {
 pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, RunError> {
     let mut notes = Vec::new();
     let mut faults = config.faults.clone();
-    if faults.contains(&FaultKind::Partition) && !is_root() {
+    if faults.contains(&FaultKind::Partition) && !can_make_namespaces() {
         faults.remove(&FaultKind::Partition);
-        notes.push("not running as root: network partitions need namespaces and are skipped; kill and pause faults still run".into());
+        notes.push("not running as root or no iproute2 `ip`: network partitions need namespaces and are skipped; kill and pause faults still run".into());
     }
     let mut net = if faults.contains(&FaultKind::Partition) {
         Some(Netns::create(config.nodes)?)

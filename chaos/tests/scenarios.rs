@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use chaos::netns::{is_root, Netns};
+use chaos::netns::{can_make_namespaces, Netns};
 use chaos::run::{converge, DEFAULT_NODE_ARGS};
 use kvapi::{NodeId, Role};
 use testkit::{poll, Cluster, NodeLayout, Reply};
@@ -38,8 +38,8 @@ fn args_with(extra: &[&'static str]) -> Vec<&'static str> {
 
 /// `n` nodes in namespaces with a leader elected, or `None` (and a note) when not root.
 fn partitionable_cluster(n: usize) -> Option<Fixture> {
-    if !is_root() {
-        eprintln!("skipped: network partitions need root (network namespaces)");
+    if !can_make_namespaces() {
+        eprintln!("skipped: network partitions need root and iproute2 (network namespaces)");
         return None;
     }
     let net = Netns::create(n).expect("create namespaces");

@@ -521,16 +521,11 @@ fn the_assignment_command_line_forms_a_cluster_and_sigterm_stops_cleanly() {
     // SIGTERM: graceful shutdown with exit code 0.
     let mut first = children.remove(0);
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc_kill(first.0.id() as i32, 15) };
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
     let status = poll(Duration::from_secs(20), "node 0 to exit", || {
         first.0.try_wait().ok().flatten()
     });
     assert_eq!(status.code(), Some(0));
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 struct KillOnDrop(std::process::Child);

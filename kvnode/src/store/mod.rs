@@ -169,7 +169,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     });
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    sm::sync_file(&mut f)?;
+    f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
     if let Some(parent) = path.parent() {

@@ -9,7 +9,7 @@
 //! that `apply` takes, so data and applied log id always match, and returns only once the file
 //! is durable: openraft may purge the log right after.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -256,10 +256,4 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
-}
-
-/// Flush `w` and make it durable; used by the atomic writer.
-pub(crate) fn sync_file(f: &mut std::fs::File) -> std::io::Result<()> {
-    f.flush()?;
-    f.sync_all()
 }
