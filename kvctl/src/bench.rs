@@ -11,6 +11,9 @@
 //! changed nothing) or unknown (a write whose outcome was never confirmed). An APPEND run ends
 //! by reading every key back and checking that each acknowledged append is present exactly once
 //! and nothing appears that was never sent.
+//!
+//! `--system etcd` sends the same PUTs and GETs to etcd's JSON gateway instead (see [`etcd`]),
+//! so that the two stores can be compared by one load generator in one run.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,7 +21,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvapi::{Consistency, WriteBody, WriteKind};
 use rand::rngs::StdRng;
@@ -29,6 +32,18 @@ use serde_json::Value;
 use crate::client::new_idempotency_key;
 use crate::endpoint::Endpoint;
 use crate::{Client, ClientConfig, ClientError};
+
+mod etcd;
+
+/// Which store receives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// A kvnode cluster.
+    Kv,
+    /// An etcd 3.4 cluster, through its JSON gateway (PUT, GET and mixed workloads only).
+    Etcd,
+}
 
 /// What the workers do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,6 +122,10 @@ pub struct BenchSpec {
     pub seed: u64,
     /// Write a per-second CSV timeline here.
     pub timeline: Option<PathBuf>,
+    /// Write every operation (start and end as Unix microseconds, outcome) as CSV here.
+    pub ops_log: Option<PathBuf>,
+    /// The store under load.
+    pub system: System,
     /// Bound on one operation, retries included.
     pub op_timeout: Duration,
 }
@@ -172,6 +191,8 @@ impl Verification {
 /// The report of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// The store under load.
+    pub system: System,
     /// The workload.
     pub workload: Workload,
     /// Workers.
@@ -212,9 +233,12 @@ pub enum BenchError {
     /// The client could not be set up or the cluster could not be prepared.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The timeline file could not be written.
-    #[error("cannot write the timeline {path}: {source}")]
-    Timeline {
+    /// The benchmark cannot run as asked (for example APPEND against etcd).
+    #[error("{0}")]
+    Setup(String),
+    /// The timeline or the operations log could not be written.
+    #[error("cannot write {path}: {source}")]
+    Output {
         /// The file.
         path: PathBuf,
         /// The cause.
@@ -230,7 +254,8 @@ enum Outcome {
 }
 
 struct Sample {
-    done_ms: u32,
+    /// Microseconds from the start of the run to the end of the operation.
+    done_us: u64,
     latency_us: u32,
     outcome: Outcome,
 }
@@ -328,6 +353,7 @@ impl Direct {
 enum Sender {
     Leader(Arc<Client>),
     Direct(Direct),
+    Etcd(etcd::Gateway),
 }
 
 impl Sender {
@@ -339,6 +365,10 @@ impl Sender {
                 .map(|_| ())
                 .map_err(classify),
             Sender::Direct(d) => d.write(key, kind, value).await,
+            Sender::Etcd(g) => match kind {
+                WriteKind::Put => g.put(key, &value).await,
+                _ => Err((Outcome::Failed, "etcd has no APPEND".into())),
+            },
         }
     }
 
@@ -349,6 +379,7 @@ impl Sender {
                 Err(e) => Err(classify(e)),
             },
             Sender::Direct(d) => d.get(key).await,
+            Sender::Etcd(g) => g.get(key).await,
         }
     }
 }
@@ -375,32 +406,55 @@ pub async fn run(
     spec: &BenchSpec,
     progress: bool,
 ) -> Result<BenchReport, BenchError> {
-    let client = Arc::new(client_for(endpoints, spec)?);
-    // Reads need something to read: write every key once first (not measured).
-    if matches!(spec.workload, Workload::Get | Workload::Mixed { .. }) {
-        prepare_keys(&client, spec).await?;
+    if spec.system == System::Etcd && spec.workload == Workload::Append {
+        return Err(BenchError::Setup(
+            "--workload append needs kvnode: etcd has no APPEND (use put, get or mixed:N)".into(),
+        ));
     }
+    let client = Arc::new(client_for(endpoints, spec)?);
     let http = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
         .timeout(spec.op_timeout)
         .build()
         .map_err(|e| ClientError::Other(format!("cannot set up HTTP: {e}")))?;
+    let etcd_leader = match (spec.system, spec.target) {
+        (System::Etcd, Target::Leader) => Some(
+            etcd::find_leader(&http, endpoints)
+                .await
+                .map_err(BenchError::Setup)?,
+        ),
+        _ => None,
+    };
+    let sender_for = |worker: usize| match (spec.system, spec.target, &etcd_leader) {
+        (System::Kv, Target::Leader, _) => Sender::Leader(client.clone()),
+        (System::Kv, Target::All, _) => Sender::Direct(Direct {
+            http: http.clone(),
+            base: endpoints[worker % endpoints.len()].base_url(),
+            consistency: spec.consistency,
+        }),
+        (System::Etcd, _, Some(leader)) => {
+            Sender::Etcd(etcd::Gateway::new(http.clone(), leader.clone(), spec.consistency))
+        }
+        (System::Etcd, _, None) => Sender::Etcd(etcd::Gateway::new(
+            http.clone(),
+            endpoints[worker % endpoints.len()].base_url(),
+            spec.consistency,
+        )),
+    };
+    // Reads need something to read: write every key once first (not measured).
+    if matches!(spec.workload, Workload::Get | Workload::Mixed { .. }) {
+        prepare_keys(&sender_for, spec).await?;
+    }
 
     let live = Arc::new(Live::default());
     let tag = Arc::new(run_tag());
     let start = Instant::now();
+    let start_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let deadline = start + spec.duration;
     let mut tasks = Vec::new();
     for worker in 0..spec.clients {
-        let sender = match spec.target {
-            Target::Leader => Sender::Leader(client.clone()),
-            Target::All => Sender::Direct(Direct {
-                http: http.clone(),
-                base: endpoints[worker % endpoints.len()].base_url(),
-                consistency: spec.consistency,
-            }),
-        };
+        let sender = sender_for(worker);
         let spec = spec.clone();
         let live = live.clone();
         let tag = tag.clone();
@@ -430,7 +484,13 @@ pub async fn run(
     };
     let report = summarize(spec, elapsed, &logs, verification);
     if let Some(path) = &spec.timeline {
-        write_timeline(path, &report.timeline).map_err(|source| BenchError::Timeline {
+        write_timeline(path, &report.timeline).map_err(|source| BenchError::Output {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if let Some(path) = &spec.ops_log {
+        write_ops_log(path, start_unix, &logs).map_err(|source| BenchError::Output {
             path: path.clone(),
             source,
         })?;
@@ -438,23 +498,27 @@ pub async fn run(
     Ok(report)
 }
 
-async fn prepare_keys(client: &Arc<Client>, spec: &BenchSpec) -> Result<(), ClientError> {
+async fn prepare_keys(sender_for: &dyn Fn(usize) -> Sender, spec: &BenchSpec) -> Result<(), BenchError> {
     let value = filler("init-", spec.value_size);
     let writers = 32.min(spec.keys.max(1));
     let mut set = tokio::task::JoinSet::new();
     for w in 0..writers {
-        let client = client.clone();
+        let sender = sender_for(w);
         let value = value.clone();
         let keys = spec.keys;
         set.spawn(async move {
             for k in (w..keys).step_by(writers) {
-                client.put(&key_name(Workload::Put, k), value.clone()).await?;
+                sender
+                    .write(&key_name(Workload::Put, k), WriteKind::Put, value.clone())
+                    .await
+                    .map_err(|(_, e)| e)?;
             }
-            Ok::<(), ClientError>(())
+            Ok::<(), String>(())
         });
     }
     while let Some(r) = set.join_next().await {
-        r.map_err(|e| ClientError::Other(format!("preparing keys failed: {e}")))??;
+        r.map_err(|e| BenchError::Setup(format!("preparing keys failed: {e}")))?
+            .map_err(|e| BenchError::Setup(format!("preparing keys failed: {e}")))?;
     }
     Ok(())
 }
@@ -522,7 +586,7 @@ async fn work(
             }
         }
         log.samples.push(Sample {
-            done_ms: start.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+            done_us: start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64,
             latency_us,
             outcome,
         });
@@ -596,7 +660,7 @@ fn summarize(
             *error_counts.entry(msg.clone()).or_default() += n;
         }
         for s in &log.samples {
-            let sec = u64::from(s.done_ms / 1000);
+            let sec = s.done_us / 1_000_000;
             while per_second.len() as u64 <= sec {
                 per_second.push((0, 0, Vec::new()));
             }
@@ -638,6 +702,7 @@ fn summarize(
     error_samples.truncate(5);
     let secs = elapsed.as_secs_f64().max(1e-9);
     BenchReport {
+        system: spec.system,
         workload: spec.workload,
         clients: spec.clients,
         duration_s: secs,
@@ -724,11 +789,36 @@ fn write_timeline(path: &PathBuf, timeline: &[Second]) -> std::io::Result<()> {
     std::fs::write(path, out)
 }
 
+/// One line per operation, in completion order: start and end in Unix microseconds, outcome.
+/// Enough to find, for example, the longest stretch without a successful write.
+fn write_ops_log(path: &PathBuf, start_unix: Duration, logs: &[WorkerLog]) -> std::io::Result<()> {
+    let origin = start_unix.as_micros() as u64;
+    let mut ops: Vec<&Sample> = logs.iter().flat_map(|l| &l.samples).collect();
+    ops.sort_by_key(|s| s.done_us);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "start_unix_us,end_unix_us,outcome")?;
+    for s in ops {
+        let end = origin + s.done_us;
+        let outcome = match s.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+        };
+        writeln!(
+            out,
+            "{},{end},{outcome}",
+            end.saturating_sub(u64::from(s.latency_us))
+        )?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
 /// Render the report for people.
 pub fn write_report(w: &mut dyn Write, r: &BenchReport) -> std::io::Result<()> {
     writeln!(
         w,
-        "workload     {} on {} keys, {}-byte values, {} clients, target {}, {} reads, seed {}",
+        "workload     {}{} on {} keys, {}-byte values, {} clients, target {}, {} reads, seed {}",
+        if r.system == System::Etcd { "etcd " } else { "" },
         r.workload,
         r.keys,
         r.value_size,
@@ -836,22 +926,24 @@ mod tests {
             target: Target::Leader,
             seed: 7,
             timeline: None,
+            ops_log: None,
+            system: System::Kv,
             op_timeout: Duration::from_secs(1),
         };
         let log = WorkerLog {
             samples: vec![
                 Sample {
-                    done_ms: 10,
+                    done_us: 10_000,
                     latency_us: 1000,
                     outcome: Outcome::Ok,
                 },
                 Sample {
-                    done_ms: 1500,
+                    done_us: 1_500_000,
                     latency_us: 3000,
                     outcome: Outcome::Ok,
                 },
                 Sample {
-                    done_ms: 1600,
+                    done_us: 1_600_000,
                     latency_us: 9000,
                     outcome: Outcome::Unknown,
                 },

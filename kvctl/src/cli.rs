@@ -142,6 +142,22 @@ pub struct BenchArgs {
     /// Write a per-second CSV timeline (second,ok,errors,p50_ms,p99_ms) to this file
     #[arg(long, value_name = "FILE")]
     pub timeline: Option<PathBuf>,
+    /// Write every operation (start_unix_us,end_unix_us,outcome) as CSV to this file
+    #[arg(long, value_name = "FILE")]
+    pub ops_log: Option<PathBuf>,
+    /// The store to load: kv, or etcd 3.4 through its JSON gateway (--endpoints are etcd's
+    /// client URLs; put, get and mixed workloads)
+    #[arg(long, value_enum, default_value = "kv")]
+    pub system: SystemArg,
+}
+
+/// `--system` of `kvctl bench`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SystemArg {
+    /// A kvnode cluster.
+    Kv,
+    /// An etcd cluster, through its JSON gateway.
+    Etcd,
 }
 
 /// `--target` of `kvctl bench`.
@@ -157,6 +173,11 @@ impl BenchArgs {
     fn into_spec(self, consistency: ConsistencyArg) -> Result<kvctl::bench::BenchSpec, UsageError> {
         if self.duration < Duration::from_millis(100) {
             return Err(UsageError("--duration must be at least 100ms".into()));
+        }
+        if matches!(self.system, SystemArg::Etcd) && self.workload == kvctl::bench::Workload::Append {
+            return Err(UsageError(
+                "--workload append needs kvnode: etcd has no APPEND (use put, get or mixed:N)".into(),
+            ));
         }
         Ok(kvctl::bench::BenchSpec {
             clients: self.clients as usize,
@@ -174,6 +195,11 @@ impl BenchArgs {
             },
             seed: self.seed,
             timeline: self.timeline,
+            ops_log: self.ops_log,
+            system: match self.system {
+                SystemArg::Kv => kvctl::bench::System::Kv,
+                SystemArg::Etcd => kvctl::bench::System::Etcd,
+            },
             op_timeout: Duration::from_secs(10),
         })
     }
