@@ -595,6 +595,9 @@ impl Client {
         // Nodes that did not answer this round: a hint naming one of them is stale (the old
         // leader died and the others have not noticed yet), so it is not worth an attempt.
         let mut silent: Vec<String> = Vec::new();
+        // The first node that answered: while the old leader is silent, it can hold a request
+        // until the election ends and forward it to the winner.
+        let mut live: Option<Target> = None;
         // The best self-declared leader and the best hint, each with the term it was seen in.
         let mut claimed: Option<(Term, Target)> = None;
         let mut hinted: Option<(Term, NodeId, Option<String>)> = None;
@@ -606,6 +609,10 @@ impl Client {
                 Ok(status) => {
                     answered += 1;
                     self.learn(&status);
+                    live.get_or_insert_with(|| Target {
+                        id: Some(status.id),
+                        address: address.clone(),
+                    });
                     if status.role == Role::Leader && claimed.as_ref().is_none_or(|(t, _)| status.term > *t) {
                         claimed = Some((
                             status.term,
@@ -659,21 +666,37 @@ impl Client {
                 *lock(&self.leader) = Some(target.clone());
                 Ok(target)
             }
-            None if dead_leader.is_some() => Err(format!(
-                "the last known leader{} does not answer; waiting for a new election",
-                dead_leader
-                    .and_then(|t| t.id)
-                    .map(|id| format!(" (node {id})"))
-                    .unwrap_or_default()
-            )),
-            None if answered == 0 => Err(format!(
-                "no node answered ({})",
-                first_error.unwrap_or_else(|| "no endpoints".into())
-            )),
-            None => Err(format!(
-                "no leader elected ({answered} of {} nodes answered, none knows a leader)",
-                endpoints.len()
-            )),
+            // No leader to send to: the old one is silent or the election is still running.
+            // When a majority answers, an election can end soon, and every node holds a
+            // request until it does (kvnode's --leader-wait-ms) and forwards it to the winner:
+            // handing the request to one of them beats sleeping until the client notices the
+            // new leader itself. That node is not cached: it is not the leader. Without a
+            // majority no election can end, and the request would only wait to time out.
+            None => match live.filter(|_| answered >= majority) {
+                Some(via) => {
+                    tracing::debug!(
+                        node = %via.address,
+                        silent_leader = ?dead_leader.and_then(|t| t.id),
+                        "no leader to send to; sending through a node that answers"
+                    );
+                    Ok(via)
+                }
+                None if dead_leader.is_some() => Err(format!(
+                    "the last known leader{} does not answer; waiting for a new election",
+                    dead_leader
+                        .and_then(|t| t.id)
+                        .map(|id| format!(" (node {id})"))
+                        .unwrap_or_default()
+                )),
+                None if answered == 0 => Err(format!(
+                    "no node answered ({})",
+                    first_error.unwrap_or_else(|| "no endpoints".into())
+                )),
+                None => Err(format!(
+                    "no leader elected ({answered} of {} nodes answered, none knows a leader)",
+                    endpoints.len()
+                )),
+            },
         }
     }
 
@@ -1145,11 +1168,14 @@ mod tests {
 
         #[tokio::test]
         async fn stale_reads_work_without_a_leader() {
+            // A candidate: it serves stale reads and, like kvnode, answers a linearizable one
+            // with 503 once no leader has appeared.
             let lonely = Mock::start(|req| match req.path.as_str() {
                 "/admin/status" => ok(status_json(2, "candidate", 7, None)),
-                _ => ok(
+                "/keys/k?consistency=stale" => ok(
                     r#"{"key":"k","value":[1],"consistency":"stale","served_by":2,"applied_index":3}"#.into(),
                 ),
+                _ => error(503, "unavailable", None),
             })
             .await;
             let mut c = client(&[&lonely], 2000);
@@ -1162,7 +1188,11 @@ mod tests {
             c.config.timeout = Duration::from_millis(300);
             let err = c.get("k").await.expect_err("no leader");
             assert!(matches!(err, ClientError::Unavailable { .. }), "{err}");
-            assert!(err.to_string().contains("no leader elected"), "{err}");
+            assert!(err.to_string().contains("unavailable"), "{err}");
+            assert!(
+                lonely.requests("GET").iter().any(|r| r.path == "/keys/k"),
+                "the read went to the node that answers, which can wait for an election"
+            );
         }
     }
 }
