@@ -72,9 +72,9 @@ impl NodeConfig {
                 max_in_flight: 2,
                 write_timeout: Duration::from_secs(5),
             },
-            heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 1000,
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
             snapshot_every: 10_000,
         }
     }
