@@ -333,14 +333,7 @@ fn a_follower_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     let leader = c.wait_for_leader(Duration::from_secs(20));
     let lagging = c.ids().into_iter().find(|i| *i != leader).expect("follower");
     c.kill(lagging);
-    // Entries one by one, so the log grows well past the snapshot threshold plus the 1000
-    // entries openraft keeps after a snapshot.
-    for i in 0..1100 {
-        let r = c.put(leader, &format!("k{}", i % 50), json!(i)).expect("answer");
-        assert_eq!(r.status, 200, "{:?}", r.json);
-    }
-    let s = c.status(leader).expect("status");
-    assert!(s.snapshot_index.is_some(), "the leader took a snapshot: {s:?}");
+    fill_past_compaction(&c, leader);
     c.restart(lagging);
     poll(
         Duration::from_secs(30),
@@ -358,6 +351,42 @@ fn a_follower_that_missed_compacted_entries_catches_up_from_a_snapshot() {
     poll(Duration::from_secs(20), "the follower to come back", || {
         let r = c.request(lagging, "GET", "/keys/k0?consistency=stale", None, &[])?;
         (r.json["value"] == json!(1050)).then_some(())
+    });
+}
+
+/// Write entries one by one (`k0`..`k49`, the last value 1099), so the log grows well past
+/// the snapshot threshold of 20 plus the 1000 entries openraft keeps after a snapshot: the
+/// leader's log no longer starts at the beginning.
+fn fill_past_compaction(c: &Cluster, leader: u64) {
+    for i in 0..1100 {
+        let r = c.put(leader, &format!("k{}", i % 50), json!(i)).expect("answer");
+        assert_eq!(r.status, 200, "{:?}", r.json);
+    }
+    let s = c.status(leader).expect("status");
+    assert!(s.snapshot_index.is_some(), "the leader took a snapshot: {s:?}");
+}
+
+#[test]
+fn a_follower_wiped_after_compaction_rejoins_from_a_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-every", "20"]);
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    fill_past_compaction(&c, leader);
+    // The leader remembers how far this follower's log reached; the wiped follower has none
+    // of it, and the start of the leader's log is gone: only a snapshot can bring it back.
+    let wiped = c.ids().into_iter().find(|i| *i != leader).expect("follower");
+    c.wipe(wiped);
+    c.restart(wiped);
+    poll(Duration::from_secs(30), "the wiped follower to catch up", || {
+        let r = c.request(wiped, "GET", "/keys/k49?consistency=stale", None, &[])?;
+        (r.json["value"] == json!(1099)).then_some(())
+    });
+    let s = c.status(wiped).expect("status");
+    assert!(s.snapshot_index.is_some(), "it installed a snapshot: {s:?}");
+    // It keeps following: a new write reaches it.
+    assert_eq!(c.put(leader, "after", json!(true)).expect("answer").status, 200);
+    poll(Duration::from_secs(20), "the next write to reach it", || {
+        let r = c.request(wiped, "GET", "/keys/after?consistency=stale", None, &[])?;
+        (r.json["value"] == json!(true)).then_some(())
     });
 }
 
