@@ -90,16 +90,20 @@ impl Survey {
             .or_else(|| answers.iter().filter(|s| Some(s.term) == term).copied().next())
             .map(|s| &s.members)
             .filter(|m| !m.is_empty());
+        // A node whose Raft engine has stopped still answers HTTP, but it cannot vote or
+        // store entries: it does not count towards the quorum.
+        let working = |s: &&&Status| s.role != Role::Shutdown;
         // Without a membership list every node asked counts as a voter.
         let (voters, answering) = match membership {
             Some(members) => (
                 members.len(),
                 answers
                     .iter()
+                    .filter(working)
                     .filter(|s| members.iter().any(|m| m.id == s.id))
                     .count(),
             ),
-            None => (reports.len().max(1), answers.len()),
+            None => (reports.len().max(1), answers.iter().filter(working).count()),
         };
         let quorum_size = voters / 2 + 1;
         let quorum = leader.is_some() && answering >= quorum_size;
@@ -354,6 +358,19 @@ pub(crate) mod tests {
             "the leader still measures a down follower"
         );
         assert!(s.tolerance_line().contains("one more node failure stops"));
+    }
+
+    #[test]
+    fn a_node_that_stopped_its_raft_engine_is_not_counted_as_answering() {
+        let reports = vec![
+            report(0, Ok(status(0, Role::Leader, 3, Some(0)))),
+            report(1, Ok(status(1, Role::Shutdown, 3, Some(0)))),
+            report(2, Ok(status(2, Role::Follower, 3, Some(0)))),
+        ];
+        let s = Survey::from_reports(&reports);
+        assert_eq!((s.voters, s.answering), (3, 2));
+        assert!(s.quorum);
+        assert_eq!(s.failures_tolerated, 0, "{}", s.tolerance_line());
     }
 
     #[test]
