@@ -9,6 +9,7 @@
 # Environment:
 #   KV_CLUSTER   cluster file            (default: bin/cluster.toml)
 #   KV_RUN_DIR   logs, pid files, data   (default: bin/run)
+#   KV_NO_BUILD  set to 1 to skip the release build (when the caller has just built)
 #
 # Nodes are stopped by the pids recorded at start, never by process name, so other kvnode
 # processes on the machine are left alone.
@@ -55,8 +56,11 @@ role_of() {
 
 start() {
     command -v curl >/dev/null || die "curl is needed to wait for the leader (apt-get install curl)"
-    echo "building release binaries (cargo skips this when they are up to date)..."
-    (cd "$ROOT" && cargo build --release --quiet -p kvnode -p kvctl) || die "build failed"
+    if [[ "${KV_NO_BUILD:-0}" != 1 ]]; then
+        echo "building release binaries (cargo skips this when they are up to date)..."
+        (cd "$ROOT" && cargo build --release --quiet -p kvnode -p kvctl) || die "build failed"
+    fi
+    [[ -x "$KVNODE" ]] || die "$KVNODE is missing; run without KV_NO_BUILD=1 to build it"
     mkdir -p "$RUN_DIR"
     while read -r id http; do
         local pid
