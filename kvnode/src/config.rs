@@ -69,7 +69,7 @@ impl NodeConfig {
             batch: BatchLimits {
                 max_ops: 1024,
                 max_bytes: 4 * 1024 * 1024,
-                max_in_flight: 2,
+                max_in_flight: 1,
                 write_timeout: Duration::from_secs(5),
             },
             heartbeat_ms: 50,
