@@ -598,6 +598,8 @@ impl Client {
         // The first node that answered: while the old leader is silent, it can hold a request
         // until the election ends and forward it to the winner.
         let mut live: Option<Target> = None;
+        // The cluster's size as its members report it: `--endpoints` may name fewer nodes.
+        let mut members = 0usize;
         // The best self-declared leader and the best hint, each with the term it was seen in.
         let mut claimed: Option<(Term, Target)> = None;
         let mut hinted: Option<(Term, NodeId, Option<String>)> = None;
@@ -608,6 +610,7 @@ impl Client {
             match result {
                 Ok(status) => {
                     answered += 1;
+                    members = members.max(status.members.len());
                     self.learn(&status);
                     live.get_or_insert_with(|| Target {
                         id: Some(status.id),
@@ -672,7 +675,7 @@ impl Client {
             // handing the request to one of them beats sleeping until the client notices the
             // new leader itself. That node is not cached: it is not the leader. Without a
             // majority no election can end, and the request would only wait to time out.
-            None => match live.filter(|_| answered >= majority) {
+            None => match live.filter(|_| answered > endpoints.len().max(members) / 2) {
                 Some(via) => {
                     tracing::debug!(
                         node = %via.address,
@@ -1164,6 +1167,32 @@ mod tests {
                 "{err}"
             );
             assert_eq!(leader.requests("POST").len(), 1, "no retry of a refusal");
+        }
+
+        #[tokio::test]
+        async fn a_lone_node_of_a_larger_cluster_is_not_handed_writes_it_cannot_commit() {
+            // `--endpoints` names one node, but it reports three members: answering alone it
+            // is a minority, so the write is not parked on it to time out in doubt.
+            let lone = Mock::start(|req| match req.path.as_str() {
+                "/admin/status" => ok(status_json(2, "candidate", 7, None).replace(
+                    r#""members":[]"#,
+                    r#""members":[{"id":0,"http":"127.0.0.1:1","raft":"127.0.0.1:2"},
+                        {"id":1,"http":"127.0.0.1:3","raft":"127.0.0.1:4"},
+                        {"id":2,"http":"127.0.0.1:5","raft":"127.0.0.1:6"}]"#,
+                )),
+                _ => error(503, "unavailable", None),
+            })
+            .await;
+            let err = client(&[&lone], 300)
+                .put("k", serde_json::json!(1))
+                .await
+                .expect_err("no quorum");
+            assert!(matches!(err, ClientError::Unavailable { .. }), "{err}");
+            assert!(err.to_string().contains("no leader elected"), "{err}");
+            assert!(
+                lone.requests("POST").is_empty(),
+                "nothing was sent to the lone node"
+            );
         }
 
         #[tokio::test]
