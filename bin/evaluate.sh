@@ -46,10 +46,10 @@ DOCS="${EVAL_DOCS-$ROOT/docs/eval}"
 
 KVCTL="$ROOT/target/release/kvctl"
 KVEVAL="$ROOT/target/release/kveval"
+# The binaries are built once, below; the cluster script need not build them each time.
+export KV_NO_BUILD=1
 # Ports of the evaluation's clusters: away from bin/cluster.toml's, so a running local
 # cluster is left alone.
-# The binaries are built once, above; the cluster script need not check them each time.
-export KV_NO_BUILD=1
 KV_HTTP_BASE=18080
 KV_RAFT_BASE=16000
 ETCD_BASE=12379

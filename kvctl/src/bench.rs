@@ -130,6 +130,18 @@ pub struct BenchSpec {
     pub op_timeout: Duration,
 }
 
+impl BenchSpec {
+    /// Why this benchmark cannot run as asked, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.system == System::Etcd && self.workload == Workload::Append {
+            return Err(
+                "--workload append needs kvnode: etcd has no APPEND (use put, get or mixed:N)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A tag unique to one run, put in front of every appended value, so that a run's read-back
 /// ignores values left on the same keys by earlier runs.
 fn run_tag() -> String {
@@ -316,14 +328,7 @@ impl Direct {
             .body(body)
             .send()
             .await
-            .map_err(|e| {
-                let outcome = if e.is_connect() {
-                    Outcome::Failed
-                } else {
-                    Outcome::Unknown
-                };
-                (outcome, e.to_string())
-            })?;
+            .map_err(|e| (transport_outcome(&e), e.to_string()))?;
         let status = resp.status().as_u16();
         match status {
             200 => Ok(()),
@@ -347,6 +352,16 @@ impl Direct {
             200 | 404 => Ok(()),
             s => Err((Outcome::Failed, format!("HTTP {s}"))),
         }
+    }
+}
+
+/// What a request that got no answer did: one that never connected changed nothing; any other
+/// may have been applied.
+fn transport_outcome(e: &reqwest::Error) -> Outcome {
+    if e.is_connect() {
+        Outcome::Failed
+    } else {
+        Outcome::Unknown
     }
 }
 
@@ -406,11 +421,7 @@ pub async fn run(
     spec: &BenchSpec,
     progress: bool,
 ) -> Result<BenchReport, BenchError> {
-    if spec.system == System::Etcd && spec.workload == Workload::Append {
-        return Err(BenchError::Setup(
-            "--workload append needs kvnode: etcd has no APPEND (use put, get or mixed:N)".into(),
-        ));
-    }
+    spec.check().map_err(BenchError::Setup)?;
     let client = Arc::new(client_for(endpoints, spec)?);
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -517,7 +528,8 @@ async fn prepare_keys(sender_for: &dyn Fn(usize) -> Sender, spec: &BenchSpec) ->
         });
     }
     while let Some(r) = set.join_next().await {
-        r.map_err(|e| BenchError::Setup(format!("preparing keys failed: {e}")))?
+        r.map_err(|e| e.to_string())
+            .and_then(|written| written)
             .map_err(|e| BenchError::Setup(format!("preparing keys failed: {e}")))?;
     }
     Ok(())

@@ -174,12 +174,7 @@ impl BenchArgs {
         if self.duration < Duration::from_millis(100) {
             return Err(UsageError("--duration must be at least 100ms".into()));
         }
-        if matches!(self.system, SystemArg::Etcd) && self.workload == kvctl::bench::Workload::Append {
-            return Err(UsageError(
-                "--workload append needs kvnode: etcd has no APPEND (use put, get or mixed:N)".into(),
-            ));
-        }
-        Ok(kvctl::bench::BenchSpec {
+        let spec = kvctl::bench::BenchSpec {
             clients: self.clients as usize,
             duration: self.duration,
             workload: self.workload,
@@ -201,7 +196,9 @@ impl BenchArgs {
                 SystemArg::Etcd => kvctl::bench::System::Etcd,
             },
             op_timeout: Duration::from_secs(10),
-        })
+        };
+        spec.check().map_err(UsageError)?;
+        Ok(spec)
     }
 }
 

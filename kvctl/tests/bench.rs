@@ -185,7 +185,7 @@ fn bench_loads_etcd_through_its_json_gateway() {
         .stderr(log)
         .spawn()
         .expect("start etcd");
-    let etcd = KillOnDrop(etcd, dir.path().join("etcd.log"));
+    let etcd = testkit::ChildGuard::new("etcd", etcd, dir.path().join("etcd.log"));
 
     let run = |workload: &str| {
         Command::new(env!("CARGO_BIN_EXE_kvctl"))
@@ -226,21 +226,4 @@ fn bench_loads_etcd_through_its_json_gateway() {
     assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     drop(etcd);
-}
-
-/// Kills the child when the test ends, and prints its log if the test failed.
-struct KillOnDrop(std::process::Child, std::path::PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.1.display(),
-                std::fs::read_to_string(&self.1).unwrap_or_default()
-            );
-        }
-    }
 }

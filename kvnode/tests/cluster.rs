@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use testkit::{poll, Cluster};
+use testkit::{poll, ChildGuard, Cluster};
 
 const FAST: &[&str] = &[
     "--heartbeat-ms",
@@ -525,7 +525,8 @@ fn the_assignment_command_line_forms_a_cluster_and_sigterm_stops_cleanly() {
     for i in 0..3 {
         let mut args = vec![ports[i].to_string(), raft[i].clone()];
         args.extend(raft.iter().filter(|a| **a != raft[i]).cloned());
-        let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
+        let log_path = dir.path().join(format!("n{i}.log"));
+        let log = std::fs::File::create(&log_path).expect("log");
         let child = std::process::Command::new(testkit::kvnode_bin())
             .args(&args)
             .arg("--data-dir")
@@ -533,7 +534,7 @@ fn the_assignment_command_line_forms_a_cluster_and_sigterm_stops_cleanly() {
             .stderr(log)
             .spawn()
             .expect("spawn");
-        children.push(KillOnDrop(child));
+        children.push(ChildGuard::new(format!("node {i}"), child, log_path));
     }
     let http = reqwest::blocking::Client::new();
     let url = |i: usize, path: &str| format!("http://127.0.0.1:{}{}", ports[i], path);
@@ -550,20 +551,11 @@ fn the_assignment_command_line_forms_a_cluster_and_sigterm_stops_cleanly() {
     // SIGTERM: graceful shutdown with exit code 0.
     let mut first = children.remove(0);
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(first.child.id() as i32, libc::SIGTERM) };
     let status = poll(Duration::from_secs(20), "node 0 to exit", || {
-        first.0.try_wait().ok().flatten()
+        first.child.try_wait().ok().flatten()
     });
     assert_eq!(status.code(), Some(0));
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

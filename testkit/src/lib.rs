@@ -484,13 +484,48 @@ impl Cluster {
     /// Print every node's log to stderr (the test harness shows it for failing tests).
     pub fn dump_logs(&self) {
         for n in &self.nodes {
-            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(300)..];
-            eprintln!("===== node {} log ({}) =====", n.id, n.log.display());
-            for l in tail {
-                eprintln!("{l}");
-            }
+            dump_log(&format!("node {}", n.id), &n.log);
+        }
+    }
+}
+
+/// Print the last 300 lines of a process's log to stderr, under a header naming it.
+fn dump_log(name: &str, log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(300)..];
+    eprintln!("===== {name} log ({}) =====", log.display());
+    for l in tail {
+        eprintln!("{l}");
+    }
+}
+
+/// A process a test started itself (outside a [`Cluster`]): killed when the guard is dropped,
+/// and its log printed when the test is failing.
+pub struct ChildGuard {
+    /// The process.
+    pub child: Child,
+    name: String,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    /// Guard `child`, whose output goes to `log`; `name` heads the printed log.
+    pub fn new(name: impl Into<String>, child: Child, log: impl Into<PathBuf>) -> ChildGuard {
+        ChildGuard {
+            child,
+            name: name.into(),
+            log: log.into(),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            dump_log(&self.name, &self.log);
         }
     }
 }

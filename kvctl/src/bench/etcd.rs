@@ -12,7 +12,7 @@ use base64::Engine;
 use kvapi::Consistency;
 use serde_json::{json, Value};
 
-use super::Outcome;
+use super::{transport_outcome, Outcome};
 use crate::endpoint::Endpoint;
 
 /// One etcd member's gateway.
@@ -40,15 +40,7 @@ impl Gateway {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| {
-                // A request that never connected changed nothing; any other failure may have.
-                let outcome = if e.is_connect() {
-                    Outcome::Failed
-                } else {
-                    Outcome::Unknown
-                };
-                (outcome, format!("etcd: {e}"))
-            })?;
+            .map_err(|e| (transport_outcome(&e), format!("etcd: {e}")))?;
         let status = resp.status();
         let text = resp
             .text()
