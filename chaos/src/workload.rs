@@ -310,9 +310,10 @@ impl Worker {
     }
 }
 
-/// The idempotency key of the append of `value`: values are unique, and so are keys.
-fn idempotency_key(value: &str) -> String {
-    format!("chaos-{value}")
+/// The idempotency key of the append of `value`: a fresh UUIDv7 per logical append (kvctl
+/// reuses it on its own retries).
+fn idempotency_key(_value: &str) -> String {
+    kvctl::client::new_idempotency_key()
 }
 
 /// The `error.code` of a standard error envelope.

@@ -364,14 +364,14 @@ fn a_follower_that_missed_compacted_entries_catches_up_through_a_snapshot() {
     );
 }
 
-/// Files under `dir` (recursively) named `name`.
-fn find(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+/// Files under `dir` whose names end with `suffix`.
+fn find_suffix(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
         if path.is_dir() {
-            found.extend(find(&path, name));
-        } else if path.file_name().is_some_and(|n| n == name) {
+            found.extend(find_suffix(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
             found.push(path);
         }
     }
@@ -395,16 +395,16 @@ fn a_node_that_crashed_mid_snapshot_recovers() {
     cluster.kill(victim);
 
     // What SIGKILL in the middle of writing the next snapshot leaves behind: the previous
-    // snapshot intact, and a torn temporary file beside it (kvnode writes `snapshot.bin.tmp`,
-    // fsyncs, then renames it over `snapshot.bin`).
-    let snapshots = find(&cluster.data_dir(victim), "snapshot.bin");
+    // snapshot intact, and a torn temporary file beside it (kvnode writes `snapshots/*.part`,
+    // fsyncs, then renames it to its final `*.snap` name).
+    let snapshots = find_suffix(&cluster.data_dir(victim), ".snap");
     assert_eq!(
         snapshots.len(),
         1,
-        "expected one snapshot.bin in the data directory"
+        "expected one published snapshot in the data directory: {snapshots:?}"
     );
     let intact = std::fs::read(&snapshots[0]).expect("read snapshot");
-    let torn = snapshots[0].with_file_name("snapshot.bin.tmp");
+    let torn = snapshots[0].with_file_name("tmp-0-0.part");
     std::fs::write(&torn, &intact[..intact.len() / 2]).expect("write a torn snapshot");
 
     // The cluster moves on without the victim, then it comes back.
@@ -445,15 +445,15 @@ fn a_node_that_crashed_mid_snapshot_recovers() {
 }
 
 /// Found by the randomized run with seed 103 (kill faults, `--snapshot-every 50`): a leader
-/// killed right after acknowledging a write and restarted before the followers time out comes
-/// back as leader of its old term (openraft 0.9 restores a former leader at once), and serves
-/// a linearizable read that misses the write it had acknowledged. The read barrier it hands out
-/// is `max(noop of its term, committed index read from disk)`, and kvnode persists the
-/// committed index without a sync, so after SIGKILL it lags the last acknowledged entry.
+/// killed right after acknowledging a write and restarted before the followers time out came
+/// back as leader of its old term (openraft restores a former leader at once by default), and
+/// served a linearizable read that missed the write it had acknowledged. The read barrier it
+/// handed out was `max(noop of its term, committed index read from disk)`, and the committed
+/// index is persisted without a sync, so after SIGKILL it lagged the last acknowledged entry.
 ///
-/// Fixed in kvnode by raising a restarted leader's read index to the end of the log it found
-/// at startup while it still leads that term (`kvnode::node::Restart`); this test failed every
-/// time before the fix.
+/// kvnode turns leader restore off (`enable_leader_restore`): a restarted leader must win a new
+/// election, whose first entry it then reads behind. This test failed every time before the
+/// first fix (on openraft 0.9).
 #[test]
 fn a_leader_restarted_after_a_crash_does_not_serve_stale_reads() {
     // Elections slow enough that the old leader is back before anyone else runs for office.

@@ -137,8 +137,13 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// The value or body is larger than the server accepts. (413)
     ValueTooLarge,
-    /// No leader is known right now (election, or no quorum): retry later. (503)
+    /// The idempotency key is older than the server's memory of idempotent writes reaches: the
+    /// write may have been applied long ago, so it was not applied now. (422)
+    IdempotencyKeyExpired,
+    /// No leader is known right now (election in progress): retry later. (503)
     Unavailable,
+    /// The leader cannot reach a majority of the cluster: retry later, or elsewhere. (503)
+    NoQuorum,
     /// The write was submitted but its commit was not confirmed in time: it may or may not have
     /// been applied. Retry with the same idempotency key to find out. (504)
     OutcomeUnknown,
@@ -158,8 +163,10 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::TypeConflict,
         ErrorCode::IdempotencyKeyReused,
+        ErrorCode::IdempotencyKeyExpired,
         ErrorCode::ValueTooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::NoQuorum,
         ErrorCode::OutcomeUnknown,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
@@ -173,9 +180,9 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TypeConflict => 409,
             ErrorCode::ValueTooLarge => 413,
-            ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::IdempotencyKeyReused | ErrorCode::IdempotencyKeyExpired => 422,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable | ErrorCode::ShuttingDown => 503,
+            ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown => 503,
             ErrorCode::OutcomeUnknown => 504,
         }
     }

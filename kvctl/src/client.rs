@@ -754,7 +754,7 @@ impl Client {
 
 /// A fresh idempotency key for one logical write.
 pub fn new_idempotency_key() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Lock a mutex, recovering the data if a panicking thread poisoned it: the guarded values

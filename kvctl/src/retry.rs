@@ -119,7 +119,7 @@ pub fn judge(failure: &Failure, is_write: bool) -> Verdict {
             doubt: is_write,
         },
         Failure::Answered { status, code, .. } => match code {
-            Some(ErrorCode::Unavailable | ErrorCode::ShuttingDown) => Verdict::Retry {
+            Some(ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown) => Verdict::Retry {
                 rediscover: true,
                 doubt: false,
             },
@@ -268,7 +268,7 @@ mod tests {
         for &code in ErrorCode::ALL {
             let retried = matches!(
                 code,
-                ErrorCode::Unavailable | ErrorCode::ShuttingDown | ErrorCode::OutcomeUnknown
+                ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown | ErrorCode::OutcomeUnknown
             );
             let verdict = judge(&answered(code.http_status(), Some(code)), true);
             assert_eq!(verdict != Verdict::Fail, retried, "{code:?}: {verdict:?}");

@@ -1,8 +1,8 @@
 //! Group commit: many client writes, one log entry.
 //!
-//! An openraft 0.9 leader flushes its log once per `client_write`, one after another, so one
-//! entry per client write caps throughput at one fsync round per write. The batcher instead
-//! queues writes and proposes them together: while `max_in_flight` batches are being committed,
+//! Every log entry costs the same bookkeeping whatever it carries: a log id, a slot in the
+//! replication stream, a trip through apply with its own responder. The batcher queues client
+//! writes and proposes them together as one entry: while `max_in_flight` batches are being committed,
 //! new writes wait in the queue, and the next batch takes all of them (up to `max_ops` writes
 //! or `max_bytes`). Under light load a write goes out alone at once; under heavy load batches
 //! grow by themselves, which is the behaviour group commit is for.
@@ -14,24 +14,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::errors::{ClientWriteError, Fatal, ForwardReason, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::node::NodeError;
+use crate::config::BatchLimits;
+use crate::error::NodeError;
 use crate::types::{Batch, Op, OpReply, Raft};
-
-/// Limits of group commit.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
-    /// Most writes in one entry.
-    pub max_ops: usize,
-    /// Soft limit on the bytes of one entry (a single larger write still goes alone).
-    pub max_bytes: usize,
-    /// Entries being committed at once.
-    pub max_in_flight: usize,
-    /// How long to wait for a commit before answering "outcome unknown".
-    pub write_timeout: Duration,
-}
 
 struct Pending {
     op: Op,
@@ -117,9 +105,17 @@ async fn commit(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
             "state machine answered {} replies for a batch of {n}",
             resp.data.replies.len()
         )),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            NodeError::NotLeader { leader: f.leader_id }
-        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.reason {
+            ForwardReason::LeaseExpired => NodeError::NoQuorum(
+                "no majority has acknowledged this leader within its lease".into(),
+            ),
+            _ => NodeError::NotLeader { leader: f.leader_id },
+        },
+        // The entry was appended, then discarded when this node adopted another leader's log:
+        // a copy may still commit through that leader.
+        Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => NodeError::OutcomeUnknown {
+            waited_ms: timeout.as_millis() as u64,
+        },
         Ok(Err(RaftError::APIError(e))) => NodeError::Internal(e.to_string()),
         Ok(Err(RaftError::Fatal(Fatal::Stopped))) => NodeError::Interrupted,
         Ok(Err(RaftError::Fatal(f))) => NodeError::Internal(f.to_string()),

@@ -6,8 +6,20 @@ use std::time::Duration;
 use kvapi::cluster::check_host_port;
 use kvapi::ClusterFile;
 
-use crate::batcher::BatchLimits;
 use crate::types::NodeId;
+
+/// Limits of group commit (see `batcher`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most writes in one entry.
+    pub max_ops: usize,
+    /// Soft limit on the bytes of one entry (a single larger write still goes alone).
+    pub max_bytes: usize,
+    /// Entries being committed at once.
+    pub max_in_flight: usize,
+    /// How long to wait for a commit before answering "outcome unknown".
+    pub write_timeout: Duration,
+}
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]

@@ -1,15 +1,56 @@
-//! The one place where errors become HTTP answers.
+//! The node's errors, and the one place where they become HTTP answers.
 //!
-//! Every failure a client can see is an [`ApiError`]: a machine-readable code (whose HTTP status
-//! is fixed by `ErrorCode::http_status`), one sentence for people, and where useful the leader's
-//! address or a `Retry-After`. No error is ever sent with a 2xx status.
+//! [`NodeError`] is what routing a request to the leader can end in; it is phrased by what the
+//! caller should do and travels between nodes when a request is forwarded. Every failure a
+//! client can see is an [`ApiError`]: a machine-readable code (whose HTTP status is fixed by
+//! `ErrorCode::http_status`), one sentence for people, and where useful the leader's address or
+//! a `Retry-After`. No error is ever sent with a 2xx status.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use serde::{Deserialize, Serialize};
+
 use kvapi::{ErrorBody, ErrorCode, ErrorDetail, LeaderRef};
 
-use crate::node::NodeError;
+use crate::types::NodeId;
+
+/// What can go wrong while routing and serving a request, phrased by what the caller should
+/// do. Travels between nodes when a request is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum NodeError {
+    /// This node is not the leader; nothing was proposed. Send the request to the leader.
+    #[error("node is not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// No leader appeared in time. Retry shortly.
+    #[error("no leader is available (waited {waited_ms} ms for an election); retry shortly")]
+    NoLeader {
+        /// How long the node waited.
+        waited_ms: u64,
+    },
+    /// The leader cannot confirm it still leads: a majority does not answer it. Nothing was
+    /// proposed. Retry shortly, or on a node of the majority.
+    #[error("the leader cannot reach a majority of the cluster ({0}); retry shortly")]
+    NoQuorum(String),
+    /// A write was proposed but its commit was not confirmed in time.
+    #[error("the write was submitted but its commit was not confirmed within {waited_ms} ms; it may or may not have been applied (retry with the same Idempotency-Key to find out)")]
+    OutcomeUnknown {
+        /// How long the node waited.
+        waited_ms: u64,
+    },
+    /// The node is stopping and did not propose the request. Retry on another node.
+    #[error("node is shutting down; retry on another node")]
+    ShuttingDown,
+    /// The node stopped while a proposed write was in flight: it may still commit.
+    #[error("the node stopped while the write was in flight; it may or may not have been applied (retry with the same Idempotency-Key to find out)")]
+    Interrupted,
+    /// A bug or storage failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
 /// An error answer of the client API.
 #[derive(Debug, Clone)]
@@ -43,14 +84,17 @@ impl ApiError {
     /// Map a node error, adding the leader this node knows of.
     pub fn from_node(e: NodeError, leader: Option<LeaderRef>) -> Self {
         let code = match &e {
-            NodeError::NotLeader { .. } | NodeError::NoLeader { .. } | NodeError::NoQuorum(_) => {
-                ErrorCode::Unavailable
-            }
+            NodeError::NotLeader { .. } | NodeError::NoLeader { .. } => ErrorCode::Unavailable,
+            NodeError::NoQuorum(_) => ErrorCode::NoQuorum,
             NodeError::OutcomeUnknown { .. } | NodeError::Interrupted => ErrorCode::OutcomeUnknown,
             NodeError::ShuttingDown => ErrorCode::ShuttingDown,
             NodeError::Internal(_) => ErrorCode::Internal,
         };
-        let retry_after = matches!(code, ErrorCode::Unavailable | ErrorCode::ShuttingDown).then_some(1);
+        let retry_after = matches!(
+            code,
+            ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown
+        )
+        .then_some(1);
         ApiError {
             code,
             message: e.to_string(),

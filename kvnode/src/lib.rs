@@ -1,26 +1,56 @@
-//! `kvnode`: one node of a Raft-replicated key/value store.
+//! `kvnode`: one node of a Raft-replicated key/value store, on openraft 0.10.
 //!
-//! The pieces, from the outside in:
-//! - [`api`]: the client HTTP API; [`error`]: how failures become HTTP answers.
-//! - [`node`]: routing of writes and reads to the leader, cluster formation, status.
-//! - [`batcher`]: group commit of concurrent writes; [`reads`]: shared leadership checks.
-//! - [`peer`] and [`network`]: the peer listener and the pooled peer client.
-//! - [`store`]: the durable log (redb) and the state machine with its snapshots.
-//! - [`state`]: the deterministic key/value semantics and the idempotency table.
-//! - [`server`]: start, serve, stop.
+//! # The life of a write
+//!
+//! 1. [`client_api`] reads `POST /keys/{key}`, validates the key, the body, the value's size and
+//!    the `Idempotency-Key` (a UUIDv7), and turns it into an [`types::Op`].
+//! 2. [`node::Node::write`] routes it: on the leader it goes to the [`batcher`]; elsewhere it is
+//!    forwarded over the peer port ([`peer_client`] → the leader's [`peer_api`]), and during an
+//!    election it waits for a leader.
+//! 3. The [`batcher`] groups the writes that arrive together into one log entry and proposes
+//!    it with `client_write`.
+//! 4. openraft appends the entry to the leader's log ([`store`]) and replicates it at the same
+//!    time; followers acknowledge once their copy is fsynced. With a majority holding it the
+//!    entry is committed.
+//! 5. The state machine ([`store::sm`]) applies it: [`state::KvState`] changes the keys and
+//!    decides each operation's outcome, the idempotency table answering retries from memory.
+//!    The outcome travels back to the client through the batcher and the handler.
+//!
+//! # The life of a read
+//!
+//! A linearizable `GET` asks the leader for a read index ([`node::Node::read_index`]): the
+//! leader confirms with a majority that it still leads (openraft's ReadIndex, one heartbeat
+//! round shared by all reads waiting), the node that serves the read waits until it has
+//! applied that far, and reads its own copy. `?consistency=stale` skips the first two steps.
+//!
+//! # On disk
+//!
+//! ```text
+//! DATA_DIR/
+//!   node.json    who the directory belongs to (node id, cluster)       store
+//!   raft.redb    log entries, vote, purge point, commit hint           store::log
+//!   snapshots/   the newest snapshot of the state machine              store::snapshot
+//! ```
+//!
+//! # Around it
+//!
+//! [`cluster`] forms a new cluster and holds the voting rules; [`server`] starts, serves and
+//! stops a node; [`config`] is its validated settings; [`error`] maps failures to HTTP
+//! answers; [`wire`] is everything that crosses the peer port.
 
-pub mod api;
 pub mod batcher;
+pub mod client_api;
+pub mod cluster;
 pub mod config;
 pub mod error;
-pub mod network;
 pub mod node;
-pub mod peer;
-pub mod reads;
+pub mod peer_api;
+pub mod peer_client;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod types;
+pub mod wire;
 
 pub use config::NodeConfig;
 pub use server::{run, Bound, RunError};

@@ -4,16 +4,16 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::config::NodeConfig;
-use crate::network::{PeerClient, PeerNetwork};
-use crate::node::{Node, Restart};
+use crate::node::Node;
+use crate::peer_client::{PeerClient, PeerNetwork};
 use crate::store::{DataDir, Identity, OpenError};
 use crate::types::Raft;
-use openraft::storage::RaftLogStorage;
 
 /// Why a node could not start or stopped with an error. Each message names the problem.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,10 @@ pub enum RunError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// Raft stopped on a fatal error (a storage failure such as a full disk or an I/O error):
+    /// the node stopped serving rather than answer from a state it can no longer keep.
+    #[error("stopped after a fatal error: {0}; fix the cause (disk space, file system, permissions) and restart the node")]
+    Fatal(String),
 }
 
 /// Addresses a started node listens on.
@@ -76,6 +80,17 @@ pub async fn run(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: 1000,
         install_snapshot_timeout: 10_000,
+        // A follower that returns from a pause or a partition asks first whether it could win,
+        // instead of bumping the term and deposing a healthy leader.
+        enable_pre_vote: Some(true),
+        // A leader restarted within its term would otherwise resume at once with a commit index
+        // it cannot vouch for, and could serve a stale read. Winning a new election costs one
+        // round and gives it a fresh entry of its own term to read behind.
+        enable_leader_restore: Some(false),
+        // A follower whose data directory was wiped comes back with an empty log; without this
+        // the leader refuses to replicate to it. Safe here because such a node refuses to vote
+        // until it has state again (see `cluster::may_vote`).
+        allow_log_reversion: Some(true),
         ..Default::default()
     }
     .validate()
@@ -89,18 +104,6 @@ pub async fn run(
     };
     let data = DataDir::open(&config.data_dir, &identity)?;
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
-    let restart = {
-        let mut log = data.log.clone();
-        let state = log
-            .get_log_state()
-            .await
-            .map_err(|e| RunError::Raft(e.to_string()))?;
-        let vote = log.read_vote().await.map_err(|e| RunError::Raft(e.to_string()))?;
-        Restart {
-            term: vote.map_or(0, |v| v.leader_id.term),
-            last_log_index: state.last_log_id.map(|l| l.index),
-        }
-    };
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -110,14 +113,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| RunError::Raft(e.to_string()))?;
-    let node = Arc::new(Node::new(
-        config.clone(),
-        raft.clone(),
-        data.sm,
-        data.log,
-        peers,
-        restart,
-    ));
+    let node = Arc::new(Node::new(config.clone(), raft.clone(), data.sm, data.log, peers));
 
     let bound = Bound {
         http: http_listener.local_addr().map_err(RunError::Serve)?,
@@ -127,10 +123,12 @@ pub async fn run(
     on_ready(bound);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(node.clone().bootstrap(stop_rx.clone()));
+    tokio::spawn(crate::cluster::form(node.clone(), stop_rx.clone()));
+    let (fatal_tx, mut fatal_rx) = tokio::sync::watch::channel(None::<String>);
+    tokio::spawn(watch_for_fatal(raft.clone(), fatal_tx));
 
     let mut peer_stop = stop_rx.clone();
-    let peer_router = crate::peer::router(node.clone());
+    let peer_router = crate::peer_api::router(node.clone());
     let peer_server = tokio::spawn(async move {
         axum::serve(raft_listener, peer_router)
             .with_graceful_shutdown(async move {
@@ -138,9 +136,16 @@ pub async fn run(
             })
             .await
     });
-    let client_result = axum::serve(http_listener, crate::api::router(node.clone()))
-        .with_graceful_shutdown(shutdown)
+    let stop_serving = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = fatal_rx.wait_for(|f| f.is_some()) => {}
+        }
+    };
+    let client_result = axum::serve(http_listener, crate::client_api::router(node.clone()))
+        .with_graceful_shutdown(stop_serving)
         .await;
+    let fatal = fatal_error(&node);
     info!("client API stopped; shutting down raft");
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
@@ -148,5 +153,38 @@ pub async fn run(
     }
     let _ = peer_server.await;
     info!("node stopped");
+    if let Some(reason) = fatal {
+        return Err(RunError::Fatal(reason));
+    }
     client_result.map_err(RunError::Serve)
+}
+
+/// The fatal error Raft stopped with, if it did.
+fn fatal_error(node: &Node) -> Option<String> {
+    match &node.raft.metrics().borrow_watched().running_state {
+        Err(openraft::errors::Fatal::Stopped) | Ok(()) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    }
+}
+
+/// Report the first fatal error Raft stops with. Storage failures end up here: the node must
+/// then stop serving (a replica that cannot write its log must not keep answering reads) and
+/// exit non-zero, so that a supervisor restarts it once the cause is fixed.
+async fn watch_for_fatal(raft: Raft, tx: tokio::sync::watch::Sender<Option<String>>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let state = metrics.borrow_and_update().running_state.clone();
+        match state {
+            Err(openraft::errors::Fatal::Stopped) => return,
+            Err(fatal) => {
+                error!(error = %fatal, "raft stopped on a fatal error; the node stops serving");
+                let _ = tx.send(Some(fatal.to_string()));
+                return;
+            }
+            Ok(()) => {}
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -1,123 +1,174 @@
-//! The replicated state: a sorted map from keys to JSON values, plus the idempotency table.
+//! The replicated state: a sorted map from keys to JSON values with their versions, plus the
+//! idempotency table.
 //!
 //! Everything here is a pure, deterministic function of the log: every replica that applies
 //! the same entries ends in the same state and gives the same answers. That is what makes it
 //! safe to answer a retried write from the table on any node.
 //!
-//! The idempotency table remembers, for each client-chosen key, a fingerprint of the write it
-//! named and the outcome it got. The check happens here, while applying, and not when the write
-//! is proposed: two copies of the same write may both be in the log (the client retried after a
-//! leader change), and only apply sees them in their final order. Records are forgotten ten
-//! minutes after their last use, measured with the time stamps that leaders write into the
-//! entries, never with a replica's own clock.
+//! # Exactly once
+//!
+//! A write may carry an idempotency key, a UUIDv7 chosen by the client and reused on every
+//! retry. The table remembers, per key, a fingerprint of the write it named and the outcome it
+//! got: 40 bytes or so, whatever the write's size. The check happens here, while applying, and
+//! not when the write is proposed: two copies of the same write may both be in the log (the
+//! client retried after a leader change), and only apply sees them in their final order.
+//!
+//! Records are forgotten ten minutes (of log time, below) after they were made, so the table
+//! stays bounded. A retry that arrives after its record was forgotten must not be applied a
+//! second time, and this is where the time inside a UUIDv7 earns its place: the table keeps
+//! the *horizon*, the newest key time among the records it has forgotten. A key with no record
+//! and a time at or before the horizon may be one of those forgotten writes, so it is refused
+//! as expired (nothing changes); a key after the horizon cannot be, so it is new. The rule
+//! compares key times with key times only, never with any clock, so it holds whatever the
+//! clocks do. Keys claiming to come from more than a minute after the proposing leader's clock
+//! are refused, so that one client with a clock far ahead cannot push the horizon past every
+//! honest key.
+//!
+//! # Log time
+//!
+//! Expiry needs a clock that every replica reads the same, so it is derived from the leaders'
+//! time stamps in the entries, never from a replica's own clock. Log time advances by the
+//! difference between consecutive stamps, and one entry may advance it by at most
+//! [`MAX_CLOCK_STEP_MS`]: a leader whose clock runs an hour ahead moves log time by that much
+//! once, not by an hour, and a following leader whose clock is behind neither turns log time
+//! back nor freezes it until its own clock catches up. Idle periods count for at most one
+//! step, so records may live longer than ten minutes, never shorter.
+//!
+//! # Versions
+//!
+//! Each key carries the log index that created it, the index of its last change and the number
+//! of changes since its creation. Deleting a key forgets them.
+//!
+//! The maps are persistent (`imbl`): cloning the state for a snapshot takes constant time, so a
+//! snapshot is written from a frozen copy while writes go on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::types::{Batch, BatchResult, Command, LogIndex, Op, OpOutcome, OpReply};
+use crate::types::{Batch, BatchResult, Command, IdemKey, JsonType, LogIndex, Op, OpOutcome, OpReply};
 
-/// How long an idempotency record lives after its last use.
-pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
+/// How long (in log time) an idempotency record is kept after it was made.
+pub const IDEMPOTENCY_TTL_MS: u64 = 10 * 60 * 1000;
+/// Most one entry may move log time forward.
+pub const MAX_CLOCK_STEP_MS: u64 = 10_000;
+/// How far an idempotency key's time may be ahead of the proposing leader's clock.
+pub const MAX_KEY_FUTURE_MS: u64 = 60_000;
+
+/// A stored value with its versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The value.
+    pub value: Value,
+    /// Log index of the write that created the key.
+    pub create_index: LogIndex,
+    /// Log index of the last write that changed it.
+    pub mod_index: LogIndex,
+    /// Number of changes since it was created (1 after the creating write).
+    pub version: u64,
+}
+
+/// One remembered idempotent write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdemRecord {
+    /// What the write did (see [`fingerprint`]): a reused key is told from a retry by it.
+    pub fingerprint: u64,
+    /// The outcome to answer retries with.
+    pub outcome: OpOutcome,
+}
+
+/// Log time, derived from the leaders' stamps (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogClock {
+    /// Log time now, in ms since the first entry (not a wall-clock time).
+    pub now_ms: u64,
+    /// The stamp of the last entry seen, in the leader's wall-clock ms.
+    pub last_stamp_ms: u64,
+}
+
+impl LogClock {
+    fn observe(&mut self, stamp_ms: u64) {
+        if stamp_ms > self.last_stamp_ms {
+            self.now_ms += (stamp_ms - self.last_stamp_ms).min(MAX_CLOCK_STEP_MS);
+        }
+        self.last_stamp_ms = stamp_ms;
+    }
+}
 
 /// The key/value map and the idempotency table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "KvStateRepr", into = "KvStateRepr")]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct KvState {
-    data: BTreeMap<String, Value>,
-    sessions: HashMap<String, Session>,
-    /// Expiry order: (last use, idempotency key).
-    expiry: BTreeSet<(u64, String)>,
-    /// Largest time stamp seen in the log; the state machine's notion of "now".
-    clock_ms: u64,
+    data: imbl::OrdMap<String, Stored>,
+    records: imbl::HashMap<IdemKey, IdemRecord>,
+    /// Records in the order they were made, with the log time at which each expires.
+    expiry: imbl::Vector<(u64, IdemKey)>,
+    /// The newest key time among forgotten records; see the module documentation.
+    horizon_ms: u64,
+    clock: LogClock,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Session {
-    last_used_ms: u64,
-    fingerprint: u64,
-    outcome: OpOutcome,
-}
-
-/// The serialized form: sessions as a list, the expiry index rebuilt on load.
-#[derive(Serialize, Deserialize)]
-struct KvStateRepr {
-    data: BTreeMap<String, Value>,
-    sessions: Vec<(String, Session)>,
-    clock_ms: u64,
-}
-
-impl From<KvStateRepr> for KvState {
-    fn from(r: KvStateRepr) -> Self {
-        let expiry = r
-            .sessions
-            .iter()
-            .map(|(k, s)| (s.last_used_ms, k.clone()))
-            .collect();
-        KvState {
-            data: r.data,
-            sessions: r.sessions.into_iter().collect(),
-            expiry,
-            clock_ms: r.clock_ms,
-        }
-    }
-}
-
-impl From<KvState> for KvStateRepr {
-    fn from(s: KvState) -> Self {
-        let mut sessions: Vec<_> = s.sessions.into_iter().collect();
-        sessions.sort_by(|a, b| a.0.cmp(&b.0));
-        KvStateRepr {
-            data: s.data,
-            sessions,
-            clock_ms: s.clock_ms,
-        }
-    }
+/// Everything a [`KvState`] holds apart from its two maps, for snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateMeta {
+    /// Log time.
+    pub clock: LogClock,
+    /// The idempotency horizon.
+    pub horizon_ms: u64,
 }
 
 impl KvState {
     /// Apply one batch that sits at log index `index`; one reply per operation.
     pub fn apply_batch(&mut self, index: LogIndex, batch: &Batch) -> BatchResult {
-        self.clock_ms = self.clock_ms.max(batch.ts_ms);
-        self.expire_sessions();
-        let replies = batch.ops.iter().map(|op| self.apply_op(index, op)).collect();
+        self.clock.observe(batch.ts_ms);
+        self.expire_records();
+        let replies = batch
+            .ops
+            .iter()
+            .map(|op| self.apply_op(index, batch.ts_ms, op))
+            .collect();
         BatchResult { replies }
     }
 
-    fn apply_op(&mut self, index: LogIndex, op: &Op) -> OpReply {
-        let Some(idem) = &op.idem else {
+    fn apply_op(&mut self, index: LogIndex, stamp_ms: u64, op: &Op) -> OpReply {
+        let Some(idem) = op.idem else {
             return OpReply {
                 outcome: self.mutate(index, op),
                 replayed: false,
             };
         };
         let fingerprint = fingerprint(op);
-        let now = self.clock_ms;
-        if let Some(session) = self.sessions.get_mut(idem) {
-            let outcome = if session.fingerprint == fingerprint {
-                session.outcome.clone()
+        if let Some(record) = self.records.get(&idem) {
+            let outcome = if record.fingerprint == fingerprint {
+                record.outcome
             } else {
                 OpOutcome::IdempotencyKeyReused
             };
-            self.expiry.remove(&(session.last_used_ms, idem.clone()));
-            session.last_used_ms = now;
-            self.expiry.insert((now, idem.clone()));
             return OpReply {
                 outcome,
                 replayed: true,
             };
         }
+        let refusal = if idem.time_ms() <= self.horizon_ms {
+            Some(OpOutcome::IdempotencyKeyExpired)
+        } else if idem.time_ms() > stamp_ms.saturating_add(MAX_KEY_FUTURE_MS) {
+            Some(OpOutcome::IdempotencyKeyFromFuture)
+        } else {
+            None
+        };
+        if let Some(outcome) = refusal {
+            return OpReply {
+                outcome,
+                replayed: false,
+            };
+        }
         let outcome = self.mutate(index, op);
-        self.sessions.insert(
-            idem.clone(),
-            Session {
-                last_used_ms: now,
+        self.records.insert(
+            idem,
+            IdemRecord {
                 fingerprint,
-                outcome: outcome.clone(),
+                outcome,
             },
         );
-        self.expiry.insert((now, idem.clone()));
+        self.expiry
+            .push_back((self.clock.now_ms + IDEMPOTENCY_TTL_MS, idem));
         OpReply {
             outcome,
             replayed: false,
@@ -127,50 +178,71 @@ impl KvState {
     fn mutate(&mut self, index: LogIndex, op: &Op) -> OpOutcome {
         match &op.cmd {
             Command::Put(v) => {
-                self.data.insert(op.key.clone(), v.clone());
+                self.store(index, &op.key, v.clone());
                 OpOutcome::Applied { index }
             }
             Command::Delete => match self.data.remove(&op.key) {
                 Some(_) => OpOutcome::Applied { index },
                 None => OpOutcome::NotFound { index },
             },
-            Command::Append(v) => match self.data.get_mut(&op.key) {
-                None => {
-                    self.data.insert(op.key.clone(), Value::Array(vec![v.clone()]));
-                    OpOutcome::Applied { index }
+            Command::Append(v) => {
+                let Some(stored) = self.data.get_mut(&op.key) else {
+                    self.store(index, &op.key, Value::Array(vec![v.clone()]));
+                    return OpOutcome::Applied { index };
+                };
+                match (&mut stored.value, v) {
+                    (Value::Array(items), v) => items.push(v.clone()),
+                    (Value::String(s), Value::String(tail)) => s.push_str(tail),
+                    (existing, v) => {
+                        return OpOutcome::TypeConflict {
+                            existing: JsonType::of(existing),
+                            appended: JsonType::of(v),
+                        }
+                    }
                 }
-                Some(Value::Array(items)) => {
-                    items.push(v.clone());
-                    OpOutcome::Applied { index }
-                }
-                Some(Value::String(s)) if v.is_string() => {
-                    s.push_str(v.as_str().unwrap_or_default());
-                    OpOutcome::Applied { index }
-                }
-                Some(existing) => OpOutcome::TypeConflict {
-                    existing: json_type(existing).to_string(),
-                    appended: json_type(v).to_string(),
-                },
-            },
+                stored.mod_index = index;
+                stored.version += 1;
+                OpOutcome::Applied { index }
+            }
         }
     }
 
-    fn expire_sessions(&mut self) {
-        let Some(cutoff) = self.clock_ms.checked_sub(SESSION_TTL_MS) else {
-            return;
-        };
-        while let Some((used, _)) = self.expiry.first() {
-            if *used >= cutoff {
+    /// Set `key` to `value` at `index`, keeping its creation index and counting the change.
+    fn store(&mut self, index: LogIndex, key: &str, value: Value) {
+        match self.data.get_mut(key) {
+            Some(s) => {
+                s.value = value;
+                s.mod_index = index;
+                s.version += 1;
+            }
+            None => {
+                self.data.insert(
+                    key.to_string(),
+                    Stored {
+                        value,
+                        create_index: index,
+                        mod_index: index,
+                        version: 1,
+                    },
+                );
+            }
+        }
+    }
+
+    fn expire_records(&mut self) {
+        while let Some((expires, _)) = self.expiry.front() {
+            if *expires > self.clock.now_ms {
                 break;
             }
-            if let Some((_, key)) = self.expiry.pop_first() {
-                self.sessions.remove(&key);
+            if let Some((_, key)) = self.expiry.pop_front() {
+                self.records.remove(&key);
+                self.horizon_ms = self.horizon_ms.max(key.time_ms());
             }
         }
     }
 
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    /// The value of `key` with its versions.
+    pub fn get(&self, key: &str) -> Option<&Stored> {
         self.data.get(key)
     }
 
@@ -178,7 +250,7 @@ impl KvState {
     pub fn keys(&self, prefix: &str, limit: usize) -> (Vec<String>, bool) {
         let mut it = self
             .data
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<_, str>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone());
         let keys: Vec<String> = it.by_ref().take(limit).collect();
@@ -197,30 +269,104 @@ impl KvState {
     }
 
     /// Number of remembered idempotency keys.
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
+    pub fn records(&self) -> usize {
+        self.records.len()
     }
-}
 
-/// The name of a JSON value's type, as used in error messages.
-pub fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "list",
-        Value::Object(_) => "object",
+    /// Every key with its value, in key order (for snapshots).
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &Stored)> {
+        self.data.iter()
+    }
+
+    /// Every idempotency record with its expiry time, oldest first (for snapshots).
+    pub fn idempotency_records(&self) -> impl Iterator<Item = (u64, IdemKey, IdemRecord)> + '_ {
+        self.expiry.iter().filter_map(|(expires, key)| {
+            self.records.get(key).map(|r| (*expires, *key, *r))
+        })
+    }
+
+    /// Clock and horizon (for snapshots).
+    pub fn meta(&self) -> StateMeta {
+        StateMeta {
+            clock: self.clock,
+            horizon_ms: self.horizon_ms,
+        }
+    }
+
+    /// Rebuild a state from what [`entries`](Self::entries),
+    /// [`idempotency_records`](Self::idempotency_records) and [`meta`](Self::meta) gave.
+    pub fn from_parts(
+        entries: impl IntoIterator<Item = (String, Stored)>,
+        records: impl IntoIterator<Item = (u64, IdemKey, IdemRecord)>,
+        meta: StateMeta,
+    ) -> KvState {
+        let mut state = KvState {
+            data: entries.into_iter().collect(),
+            clock: meta.clock,
+            horizon_ms: meta.horizon_ms,
+            ..KvState::default()
+        };
+        for (expires, key, record) in records {
+            state.records.insert(key, record);
+            state.expiry.push_back((expires, key));
+        }
+        state
     }
 }
 
 /// A stable 64-bit FNV-1a hash of what an operation does, so that a reused idempotency key can
-/// be told apart from a genuine retry. It must not depend on the process (no random seeds).
-fn fingerprint(op: &Op) -> u64 {
-    let bytes = serde_json::to_vec(&(&op.key, &op.cmd)).unwrap_or_default();
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+/// be told apart from a genuine retry. It must not depend on the process or the build (no
+/// random seeds, no std hasher whose algorithm may change).
+pub fn fingerprint(op: &Op) -> u64 {
+    let mut h = Fnv::default();
+    h.write(op.key.as_bytes());
+    h.write(&[0]);
+    match &op.cmd {
+        Command::Put(v) => {
+            h.write(b"P");
+            h.write_json(v);
+        }
+        Command::Append(v) => {
+            h.write(b"A");
+            h.write_json(v);
+        }
+        Command::Delete => h.write(b"D"),
+    }
+    h.0
+}
+
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_json(&mut self, v: &Value) {
+        // Serializing into the hasher avoids building the JSON text in memory.
+        let _ = serde_json::to_writer(FnvWriter(self), v);
+    }
+}
+
+struct FnvWriter<'a>(&'a mut Fnv);
+
+impl std::io::Write for FnvWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -228,11 +374,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn op(key: &str, cmd: Command, idem: Option<&str>) -> Op {
+    /// A UUIDv7 created at `ms` with a distinguishing tail.
+    fn key(ms: u64, tail: u64) -> IdemKey {
+        IdemKey((u128::from(ms) << 80) | (7u128 << 76) | u128::from(tail))
+    }
+
+    fn op(k: &str, cmd: Command, idem: Option<IdemKey>) -> Op {
         Op {
-            key: key.into(),
+            key: k.into(),
             cmd,
-            idem: idem.map(String::from),
+            idem,
         }
     }
 
@@ -240,46 +391,75 @@ mod tests {
         s.apply_batch(index, &Batch { ts_ms, ops }).replies
     }
 
+    fn value(s: &KvState, k: &str) -> Option<Value> {
+        s.get(k).map(|s| s.value.clone())
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
     #[test]
     fn put_append_delete_follow_the_assignment() {
         let mut s = KvState::default();
         apply(
             &mut s,
             1,
-            0,
+            T0,
             vec![op("a", Command::Put(json!(["cat", "dog"])), None)],
         );
-        apply(&mut s, 2, 0, vec![op("a", Command::Append(json!("mouse")), None)]);
-        assert_eq!(s.get("a"), Some(&json!(["cat", "dog", "mouse"])));
+        apply(&mut s, 2, T0, vec![op("a", Command::Append(json!("mouse")), None)]);
+        assert_eq!(value(&s, "a"), Some(json!(["cat", "dog", "mouse"])));
 
-        apply(&mut s, 3, 0, vec![op("b", Command::Append(json!([1])), None)]);
-        assert_eq!(s.get("b"), Some(&json!([[1]])), "absent key becomes [value]");
-        apply(&mut s, 4, 0, vec![op("b", Command::Append(json!([2])), None)]);
+        apply(&mut s, 3, T0, vec![op("b", Command::Append(json!([1])), None)]);
+        assert_eq!(value(&s, "b"), Some(json!([[1]])), "absent key becomes [value]");
+        apply(&mut s, 4, T0, vec![op("b", Command::Append(json!([2])), None)]);
         assert_eq!(
-            s.get("b"),
-            Some(&json!([[1], [2]])),
+            value(&s, "b"),
+            Some(json!([[1], [2]])),
             "a list is pushed as one element"
         );
 
-        apply(&mut s, 5, 0, vec![op("s", Command::Put(json!("ab")), None)]);
-        apply(&mut s, 6, 0, vec![op("s", Command::Append(json!("cd")), None)]);
-        assert_eq!(s.get("s"), Some(&json!("abcd")));
+        apply(&mut s, 5, T0, vec![op("s", Command::Put(json!("ab")), None)]);
+        apply(&mut s, 6, T0, vec![op("s", Command::Append(json!("cd")), None)]);
+        assert_eq!(value(&s, "s"), Some(json!("abcd")));
 
-        let r = apply(&mut s, 7, 0, vec![op("a", Command::Delete, None)]);
+        let r = apply(&mut s, 7, T0, vec![op("a", Command::Delete, None)]);
         assert_eq!(r[0].outcome, OpOutcome::Applied { index: 7 });
-        let r = apply(&mut s, 8, 0, vec![op("a", Command::Delete, None)]);
+        let r = apply(&mut s, 8, T0, vec![op("a", Command::Delete, None)]);
         assert_eq!(r[0].outcome, OpOutcome::NotFound { index: 8 });
+    }
+
+    #[test]
+    fn keys_carry_versions_and_a_delete_resets_them() {
+        let mut s = KvState::default();
+        apply(&mut s, 3, T0, vec![op("k", Command::Put(json!(1)), None)]);
+        apply(&mut s, 5, T0, vec![op("k", Command::Append(json!(2)), None)]);
+        let st = s.get("k").expect("present");
+        assert_eq!((st.create_index, st.mod_index, st.version), (3, 3, 1));
+        apply(&mut s, 6, T0, vec![op("k", Command::Put(json!([1])), None)]);
+        let st = s.get("k").expect("present");
+        assert_eq!((st.create_index, st.mod_index, st.version), (3, 6, 2));
+        apply(&mut s, 7, T0, vec![op("k", Command::Append(json!(2)), None)]);
+        let st = s.get("k").expect("present");
+        assert_eq!((st.create_index, st.mod_index, st.version), (3, 7, 3));
+        // A failed append changes nothing, versions included.
+        apply(&mut s, 8, T0, vec![op("n", Command::Put(json!(0)), None)]);
+        apply(&mut s, 9, T0, vec![op("n", Command::Append(json!(1)), None)]);
+        assert_eq!(s.get("n").map(|s| s.version), Some(1));
+        apply(&mut s, 10, T0, vec![op("k", Command::Delete, None)]);
+        apply(&mut s, 11, T0, vec![op("k", Command::Put(json!(0)), None)]);
+        let st = s.get("k").expect("present");
+        assert_eq!((st.create_index, st.mod_index, st.version), (11, 11, 1));
     }
 
     #[test]
     fn append_onto_incompatible_types_changes_nothing() {
         let mut s = KvState::default();
-        apply(&mut s, 1, 0, vec![op("n", Command::Put(json!(5)), None)]);
-        apply(&mut s, 2, 0, vec![op("s", Command::Put(json!("x")), None)]);
+        apply(&mut s, 1, T0, vec![op("n", Command::Put(json!(5)), None)]);
+        apply(&mut s, 2, T0, vec![op("s", Command::Put(json!("x")), None)]);
         let r = apply(
             &mut s,
             3,
-            0,
+            T0,
             vec![
                 op("n", Command::Append(json!(1)), None),
                 op("s", Command::Append(json!(1)), None),
@@ -289,30 +469,31 @@ mod tests {
         assert_eq!(
             r[0].outcome,
             OpOutcome::TypeConflict {
-                existing: "number".into(),
-                appended: "number".into()
+                existing: JsonType::Number,
+                appended: JsonType::Number
             }
         );
         assert_eq!(
             r[1].outcome,
             OpOutcome::TypeConflict {
-                existing: "string".into(),
-                appended: "number".into()
+                existing: JsonType::String,
+                appended: JsonType::Number
             }
         );
         assert!(matches!(r[2].outcome, OpOutcome::TypeConflict { .. }));
-        assert_eq!(s.get("n"), Some(&json!(5)));
-        assert_eq!(s.get("s"), Some(&json!("x")));
+        assert_eq!(value(&s, "n"), Some(json!(5)));
+        assert_eq!(value(&s, "s"), Some(json!("x")));
     }
 
     #[test]
     fn a_retried_write_is_applied_once_and_answered_with_the_original_result() {
         let mut s = KvState::default();
-        let w = || op("k", Command::Append(json!("x")), Some("id-1"));
-        let first = apply(&mut s, 1, 1000, vec![w()]);
+        let id = key(T0, 1);
+        let w = || op("k", Command::Append(json!("x")), Some(id));
+        let first = apply(&mut s, 1, T0, vec![w()]);
         // Two copies in one batch and one more later: all answered from the table.
-        let again = apply(&mut s, 2, 2000, vec![w(), w()]);
-        assert_eq!(s.get("k"), Some(&json!(["x"])));
+        let again = apply(&mut s, 2, T0 + 1000, vec![w(), w()]);
+        assert_eq!(value(&s, "k"), Some(json!(["x"])));
         assert!(!first[0].replayed);
         for r in &again {
             assert!(r.replayed);
@@ -322,44 +503,102 @@ mod tests {
         let other = apply(
             &mut s,
             3,
-            2000,
-            vec![op("k", Command::Append(json!("y")), Some("id-1"))],
+            T0 + 2000,
+            vec![op("k", Command::Append(json!("y")), Some(id))],
         );
         assert_eq!(other[0].outcome, OpOutcome::IdempotencyKeyReused);
-        assert_eq!(s.get("k"), Some(&json!(["x"])));
+        assert_eq!(value(&s, "k"), Some(json!(["x"])));
     }
 
     #[test]
-    fn idempotency_records_expire_by_log_time_not_before_ten_minutes() {
+    fn a_retry_after_its_record_expired_is_refused_never_applied_again() {
         let mut s = KvState::default();
-        let w = || op("k", Command::Append(json!("x")), Some("id"));
-        apply(&mut s, 1, 1_000, vec![w()]);
-        // Used again 9 minutes later: the record is refreshed.
-        apply(&mut s, 2, 1_000 + 9 * 60_000, vec![w()]);
-        // 10 minutes after the last use: still remembered.
-        apply(&mut s, 3, 1_000 + 19 * 60_000, vec![]);
-        assert_eq!(s.sessions(), 1);
-        apply(&mut s, 4, 1_000 + 19 * 60_000, vec![w()]);
-        assert_eq!(s.get("k"), Some(&json!(["x"])));
-        // A leader whose clock is behind cannot move time backwards.
-        apply(&mut s, 5, 0, vec![]);
-        assert_eq!(s.sessions(), 1);
-        // Past ten minutes after the last use the record is gone.
-        apply(&mut s, 6, 1_000 + 29 * 60_000 + 1, vec![]);
-        assert_eq!(s.sessions(), 0);
+        let old = key(T0, 1);
+        let w = |k| op("k", Command::Append(json!("x")), Some(k));
+        apply(&mut s, 1, T0, vec![w(old)]);
+        // Nine minutes later (in steps the clock accepts) the record is still there.
+        for i in 1..=54 {
+            apply(&mut s, 1 + i, T0 + i * 10_000, vec![]);
+        }
+        assert_eq!(s.records(), 1);
+        // Past ten minutes of log time the record is gone...
+        for i in 55..=61 {
+            apply(&mut s, 1 + i, T0 + i * 10_000, vec![]);
+        }
+        assert_eq!(s.records(), 0);
+        // ...and the late retry is refused instead of appending a second "x".
+        let late = apply(&mut s, 100, T0 + 700_000, vec![w(old)]);
+        assert_eq!(late[0].outcome, OpOutcome::IdempotencyKeyExpired);
+        assert_eq!(value(&s, "k"), Some(json!(["x"])));
+        // A fresh key made after the forgotten one is applied.
+        let fresh = apply(&mut s, 101, T0 + 700_000, vec![w(key(T0 + 699_000, 2))]);
+        assert_eq!(fresh[0].outcome, OpOutcome::Applied { index: 101 });
     }
 
     #[test]
-    fn snapshots_round_trip_including_the_expiry_index() {
+    fn keys_from_far_in_the_future_are_refused() {
+        let mut s = KvState::default();
+        let r = apply(
+            &mut s,
+            1,
+            T0,
+            vec![
+                op("a", Command::Put(json!(1)), Some(key(T0 + MAX_KEY_FUTURE_MS + 1, 1))),
+                op("b", Command::Put(json!(1)), Some(key(T0 + MAX_KEY_FUTURE_MS, 2))),
+            ],
+        );
+        assert_eq!(r[0].outcome, OpOutcome::IdempotencyKeyFromFuture);
+        assert_eq!(r[1].outcome, OpOutcome::Applied { index: 1 });
+        assert!(s.get("a").is_none());
+    }
+
+    #[test]
+    fn one_entry_moves_log_time_by_a_bounded_step_and_a_slow_leader_does_not_freeze_it() {
+        let mut s = KvState::default();
+        apply(&mut s, 1, T0, vec![]);
+        let start = s.meta().clock.now_ms;
+        // A leader whose clock is an hour ahead moves log time by one step only.
+        apply(&mut s, 2, T0 + 3_600_000, vec![]);
+        assert_eq!(s.meta().clock.now_ms, start + MAX_CLOCK_STEP_MS);
+        // The next leader's clock is right (an hour behind): time neither goes back nor stops.
+        apply(&mut s, 3, T0 + 1_000, vec![]);
+        assert_eq!(s.meta().clock.now_ms, start + MAX_CLOCK_STEP_MS);
+        apply(&mut s, 4, T0 + 3_000, vec![]);
+        assert_eq!(s.meta().clock.now_ms, start + MAX_CLOCK_STEP_MS + 2_000);
+    }
+
+    #[test]
+    fn a_clock_jump_cannot_expire_every_record_at_once() {
+        let mut s = KvState::default();
+        for i in 0..10 {
+            apply(
+                &mut s,
+                1 + i,
+                T0 + i * 1_000,
+                vec![op("k", Command::Put(json!(i)), Some(key(T0 + i * 1_000, i)))],
+            );
+        }
+        apply(&mut s, 20, T0 + 100 * 3_600_000, vec![]);
+        assert_eq!(s.records(), 10, "one entry far ahead forgets nothing");
+    }
+
+    #[test]
+    fn state_round_trips_through_its_parts() {
         let mut s = KvState::default();
         apply(
             &mut s,
             1,
-            5,
-            vec![op("a", Command::Put(json!({"x": [1, 2]})), Some("i"))],
+            T0,
+            vec![
+                op("a", Command::Put(json!({"x": [1, 2]})), Some(key(T0, 1))),
+                op("b", Command::Append(json!("y")), Some(key(T0, 2))),
+            ],
         );
-        let bytes = serde_json::to_vec(&s).expect("serializes");
-        let back: KvState = serde_json::from_slice(&bytes).expect("parses");
+        let back = KvState::from_parts(
+            s.entries().map(|(k, v)| (k.clone(), v.clone())),
+            s.idempotency_records(),
+            s.meta(),
+        );
         assert_eq!(back, s);
     }
 
@@ -367,7 +606,7 @@ mod tests {
     fn keys_lists_by_prefix_with_limit() {
         let mut s = KvState::default();
         for k in ["a/1", "a/2", "a/3", "b", "a"] {
-            apply(&mut s, 1, 0, vec![op(k, Command::Put(json!(1)), None)]);
+            apply(&mut s, 1, T0, vec![op(k, Command::Put(json!(1)), None)]);
         }
         assert_eq!(
             s.keys("a/", 10),
@@ -376,5 +615,17 @@ mod tests {
         assert_eq!(s.keys("a/", 2), (vec!["a/1".into(), "a/2".into()], true));
         assert_eq!(s.keys("", 100).0.len(), 5);
         assert_eq!(s.keys("zzz", 10), (vec![], false));
+    }
+
+    #[test]
+    fn fingerprints_tell_writes_apart() {
+        let p = |k: &str, v| fingerprint(&op(k, Command::Put(v), None));
+        assert_eq!(p("a", json!(1)), p("a", json!(1)));
+        assert_ne!(p("a", json!(1)), p("a", json!(2)));
+        assert_ne!(p("a", json!(1)), p("b", json!(1)));
+        assert_ne!(
+            p("a", json!(1)),
+            fingerprint(&op("a", Command::Append(json!(1)), None))
+        );
     }
 }

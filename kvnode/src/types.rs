@@ -1,17 +1,19 @@
 //! The types openraft is instantiated with, and the payload of a log entry.
 //!
-//! One log entry carries a [`Batch`] of client operations rather than a single one: openraft 0.9
-//! flushes the leader's log once per `client_write`, so the node groups concurrent writes into
-//! one entry (see `batcher`). The entry also carries the leader's wall-clock time when it was
-//! proposed; replicas use that stamp, never their own clocks, to expire idempotency records,
-//! which keeps every replica's table identical.
+//! One log entry carries a [`Batch`] of client operations rather than a single one: the node
+//! groups concurrent writes into one entry (see `batcher`), which amortises the per-entry work
+//! of replication and apply. The entry also carries the leader's wall-clock time when it was
+//! proposed; replicas derive the state machine's clock from those stamps, never from their own
+//! clocks, so every replica expires idempotency records identically (see `state`).
 
-use std::io::Cursor;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use kvapi::{LogIndex, NodeId, Term};
+
+use crate::store::StateMachineStore;
 
 /// What openraft stores about each member: where it listens.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,8 +24,8 @@ pub struct NodeInfo {
     pub raft: String,
 }
 
-impl std::fmt::Display for NodeInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "http={} raft={}", self.http, self.raft)
     }
 }
@@ -35,21 +37,78 @@ openraft::declare_raft_types!(
         R = BatchResult,
         NodeId = NodeId,
         Node = NodeInfo,
-        SnapshotData = Cursor<Vec<u8>>,
 );
 
 /// The Raft handle of this application.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 /// A log id of this application.
-pub type LogId = openraft::LogId<NodeId>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 /// A log entry of this application.
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+/// A vote of this application.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 /// Membership as stored in the state machine.
-pub type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata of this application.
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
-/// A storage error of this application.
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+
+/// An idempotency key: a UUIDv7, whose first 48 bits are its creation time in Unix
+/// milliseconds. The time is what lets the state machine tell a retry whose record was
+/// forgotten from a write it has never seen (see `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdemKey(pub u128);
+
+impl IdemKey {
+    /// Parse the `Idempotency-Key` header: a UUID of version 7, hyphenated or not.
+    pub fn parse(text: &str) -> Result<IdemKey, String> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        let valid_shape = hex.len() == 32
+            && hex.chars().all(|c| c.is_ascii_hexdigit())
+            && (text.len() == 32 || hyphenated(text));
+        let value = if valid_shape {
+            u128::from_str_radix(&hex, 16).ok()
+        } else {
+            None
+        };
+        let Some(value) = value else {
+            return Err(format!(
+                "the Idempotency-Key {text:?} is not a UUID; send a UUIDv7 (kvctl does this for you)"
+            ));
+        };
+        let key = IdemKey(value);
+        if key.version() != 7 {
+            return Err(format!(
+                "the Idempotency-Key {text:?} is a version-{} UUID; it must be a UUIDv7, whose time lets the \
+                 server tell a late retry from a new write",
+                key.version()
+            ));
+        }
+        Ok(key)
+    }
+
+    /// The UUID version nibble.
+    fn version(self) -> u8 {
+        ((self.0 >> 76) & 0xf) as u8
+    }
+
+    /// Creation time written into the key by the client, in Unix milliseconds.
+    pub fn time_ms(self) -> u64 {
+        (self.0 >> 80) as u64
+    }
+}
+
+fn hyphenated(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+}
+
+impl fmt::Display for IdemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = format!("{:032x}", self.0);
+        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    }
+}
 
 /// The application payload of one log entry: operations applied in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +117,12 @@ pub struct Batch {
     pub ts_ms: u64,
     /// The operations, applied in this order.
     pub ops: Vec<Op>,
+}
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch of {} ops at {} ms", self.ops.len(), self.ts_ms)
+    }
 }
 
 /// One client write.
@@ -69,12 +134,12 @@ pub struct Op {
     pub cmd: Command,
     /// The client's idempotency key, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idem: Option<String>,
+    pub idem: Option<IdemKey>,
 }
 
 /// A mutation of one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", content = "value", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Replace the value.
     Put(Value),
@@ -84,9 +149,54 @@ pub enum Command {
     Delete,
 }
 
-/// Outcome of one operation, decided deterministically by the state machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+/// The JSON type of a value, as named in error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonType {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Boolean,
+    /// A number.
+    Number,
+    /// A string.
+    String,
+    /// An array.
+    List,
+    /// An object.
+    Object,
+}
+
+impl JsonType {
+    /// The type of `v`.
+    pub fn of(v: &Value) -> JsonType {
+        match v {
+            Value::Null => JsonType::Null,
+            Value::Bool(_) => JsonType::Boolean,
+            Value::Number(_) => JsonType::Number,
+            Value::String(_) => JsonType::String,
+            Value::Array(_) => JsonType::List,
+            Value::Object(_) => JsonType::Object,
+        }
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            JsonType::Null => "null",
+            JsonType::Boolean => "boolean",
+            JsonType::Number => "number",
+            JsonType::String => "string",
+            JsonType::List => "list",
+            JsonType::Object => "object",
+        }
+    }
+}
+
+/// Outcome of one operation, decided deterministically by the state machine. Small and `Copy`
+/// on purpose: the idempotency table keeps one per remembered write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OpOutcome {
     /// Applied at this log index.
     Applied {
@@ -101,12 +211,18 @@ pub enum OpOutcome {
     /// APPEND onto an incompatible value; nothing changed.
     TypeConflict {
         /// JSON type of the stored value.
-        existing: String,
+        existing: JsonType,
         /// JSON type of the appended value.
-        appended: String,
+        appended: JsonType,
     },
     /// The idempotency key was first used for a different write; nothing changed.
     IdempotencyKeyReused,
+    /// The idempotency key is older than the table's memory reaches: the write may have been
+    /// applied long ago, so it is not applied now; nothing changed.
+    IdempotencyKeyExpired,
+    /// The idempotency key claims a creation time too far ahead of the leader's clock;
+    /// nothing changed.
+    IdempotencyKeyFromFuture,
 }
 
 /// What a replayed or fresh operation answers.
@@ -124,4 +240,27 @@ pub struct OpReply {
 pub struct BatchResult {
     /// One reply per operation of the batch, in order.
     pub replies: Vec<OpReply>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_must_be_uuid_v7() {
+        let k = IdemKey::parse("0190a3b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b").expect("v7");
+        assert_eq!(k.time_ms(), 0x0190_a3b4_5c6d);
+        assert_eq!(k.to_string(), "0190a3b4-5c6d-7e8f-9a0b-1c2d3e4f5a6b");
+        assert_eq!(IdemKey::parse("0190a3b45c6d7e8f9a0b1c2d3e4f5a6b"), Ok(k));
+        for bad in [
+            "",
+            "abc",
+            "0190a3b4-5c6d-4e8f-9a0b-1c2d3e4f5a6b", // version 4
+            "0190a3b4-5c6d-7e8f-9a0b-1c2d3e4f5a6",  // short
+            "0190a3b4-5c6d-7e8f-9a0b-1c2d3e4f5a6g", // not hex
+            "0190a3b45-c6d-7e8f-9a0b-1c2d3e4f5a6b", // misplaced hyphen
+        ] {
+            assert!(IdemKey::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 }

@@ -185,17 +185,36 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
             "every error has a message"
         );
     }
-    let long_idem = "i".repeat(129);
-    let r = c
-        .request(
-            0,
-            "POST",
-            "/keys/k",
-            Some(r#"{"type":"APPEND","value":1}"#),
-            &[("Idempotency-Key", &long_idem)],
-        )
-        .expect("answer");
-    assert_eq!(r.status, 400);
+    // Idempotency keys are UUIDv7s (their time is what lets a late retry be recognised), not
+    // too long, and not from the future.
+    let future = {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+            + 3_600_000;
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+        uuid::Uuid::new_v7(ts).to_string()
+    };
+    for (idem, needle) in [
+        ("i".repeat(129), "at most"),
+        ("write-1".to_string(), "not a UUID"),
+        (uuid::Uuid::new_v4().to_string(), "UUIDv7"),
+        (future, "ahead"),
+    ] {
+        let r = c
+            .request(
+                0,
+                "POST",
+                "/keys/k",
+                Some(r#"{"type":"APPEND","value":1}"#),
+                &[("Idempotency-Key", &idem)],
+            )
+            .expect("answer");
+        let msg = r.json["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!((r.status, code(&r)), (400, "invalid_request"), "{idem}: {msg}");
+        assert!(msg.contains(needle), "{idem}: {msg}");
+    }
 
     // APPEND onto a number: 409 naming both types.
     assert_eq!(c.put(0, "n", json!(5)).expect("answer").status, 200);
@@ -215,9 +234,10 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
 #[test]
 fn a_retried_append_with_the_same_idempotency_key_lands_once_on_any_node() {
     let c = Cluster::start(3);
+    let key = uuid::Uuid::now_v7().to_string();
     for id in c.ids() {
         let r = c
-            .append(id, "log", json!("once"), Some("write-1"))
+            .append(id, "log", json!("once"), Some(&key))
             .expect("answer");
         assert_eq!(r.status, 200, "{:?}", r.json);
         let replayed = r.headers.get("idempotent-replayed").is_some();
@@ -225,7 +245,7 @@ fn a_retried_append_with_the_same_idempotency_key_lands_once_on_any_node() {
     }
     assert_eq!(c.get(2, "log").expect("answer"), Some(json!(["once"])));
     let reused = c
-        .append(1, "log", json!("other"), Some("write-1"))
+        .append(1, "log", json!("other"), Some(&key))
         .expect("answer");
     assert_eq!((reused.status, code(&reused)), (422, "idempotency_key_reused"));
     assert_eq!(c.get(1, "log").expect("answer"), Some(json!(["once"])));
@@ -239,7 +259,7 @@ fn killing_the_leader_elects_another_and_loses_no_acknowledged_write() {
     for i in 0..30 {
         let via = c.ids()[i % 3];
         let r = c
-            .append(via, "k", json!(i), Some(&format!("w{i}")))
+            .append(via, "k", json!(i), Some(&uuid::Uuid::now_v7().to_string()))
             .expect("answer");
         assert_eq!(r.status, 200, "{:?}", r.json);
         acked.push(i);
@@ -306,18 +326,21 @@ fn without_a_quorum_writes_and_reads_fail_fast_with_503() {
     for id in &others {
         c.kill(*id);
     }
-    // The old leader cannot confirm leadership: a linearizable read must not be served.
+    // The old leader cannot confirm leadership: a linearizable read must not be served, and
+    // the answer says why at once (no_quorum), not after a timeout.
     let r = c.request(leader, "GET", "/keys/k", None, &[]).expect("answer");
-    assert_eq!((r.status, code(&r)), (503, "unavailable"), "{:?}", r.json);
+    assert_eq!((r.status, code(&r)), (503, "no_quorum"), "{:?}", r.json);
     assert!(r.headers.get("retry-after").is_some());
     // A stale read says what this replica has.
     let r = c
         .request(leader, "GET", "/keys/k?consistency=stale", None, &[])
         .expect("answer");
     assert_eq!(r.status, 200);
-    // A write cannot commit: unavailable (no leader) or outcome unknown, never success.
+    // A write is refused before it is proposed: the leader's lease has run out, so it answers
+    // no_quorum instead of proposing and timing out with "outcome unknown".
     let r = c.put(leader, "k", json!(2)).expect("answer");
-    assert!(matches!(r.status, 503 | 504), "{:?}", r.json);
+    assert_eq!((r.status, code(&r)), (503, "no_quorum"), "{:?}", r.json);
+    assert!(r.headers.get("retry-after").is_some());
     // The cluster heals when the others return, and the acknowledged value is there.
     for id in &others {
         c.restart(*id);

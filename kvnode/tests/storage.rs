@@ -1,14 +1,13 @@
 //! Storage tier: openraft's conformance suite on the real stores, and what survives a reopen.
 
-use std::io::Cursor;
-
+use openraft::impls::leader_id_adv::LeaderId;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError};
 use serde_json::json;
 
 use kvnode::store::{DataDir, Identity, LogStore, OpenError, StateMachineStore};
-use kvnode::types::{Batch, Command, Entry, Op, StorageError, TypeConfig};
+use kvnode::types::{Batch, Command, Entry, IdemKey, LogId, Op, TypeConfig, Vote};
 
 fn identity() -> Identity {
     Identity {
@@ -20,30 +19,52 @@ fn identity() -> Identity {
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = DataDir::open(dir.path(), &identity()).expect("open data dir");
         Ok((dir, data.log, data.sm))
     }
 }
 
-#[test]
-fn openraft_storage_conformance_suite() {
-    Suite::test_all(Builder).expect("the stores satisfy openraft's storage contract");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_conformance_suite() {
+    Suite::test_all(Builder)
+        .await
+        .expect("the stores satisfy openraft's storage contract");
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id: 0 }, index)
+}
+
+const T0: u64 = 1_700_000_000_000;
+
+/// The idempotency key of the write at `index` (a UUIDv7 made at `T0`).
+fn idem(index: u64) -> IdemKey {
+    IdemKey((u128::from(T0) << 80) | (7u128 << 76) | u128::from(index))
 }
 
 fn entry(term: u64, index: u64, key: &str, value: serde_json::Value) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+        log_id: log_id(term, index),
         payload: EntryPayload::Normal(Batch {
-            ts_ms: 1,
+            ts_ms: T0,
             ops: vec![Op {
                 key: key.into(),
                 cmd: Command::Append(value),
-                idem: Some(format!("id-{index}")),
+                idem: Some(idem(index)),
             }],
         }),
     }
+}
+
+async fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) {
+    let stream = futures_util::stream::iter(entries.into_iter().map(|e| Ok((e, None))));
+    sm.apply(stream).await.expect("apply");
+}
+
+fn value(sm: &StateMachineStore, key: &str) -> Option<serde_json::Value> {
+    sm.read().kv.get(key).map(|s| s.value.clone())
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -61,12 +82,9 @@ fn log_vote_and_purge_survive_a_reopen() {
         let entries: Vec<Entry> = (1..=10).map(|i| entry(1, i, "k", json!(i))).collect();
         data.log.blocking_append(entries).await.expect("append");
         data.log.save_vote(&Vote::new(3, 1)).await.expect("vote");
+        data.log.purge(log_id(1, 4)).await.expect("purge");
         data.log
-            .purge(LogId::new(CommittedLeaderId::new(1, 0), 4))
-            .await
-            .expect("purge");
-        data.log
-            .truncate(LogId::new(CommittedLeaderId::new(1, 0), 9))
+            .truncate_after(Some(log_id(1, 8)))
             .await
             .expect("truncate");
     });
@@ -87,69 +105,60 @@ fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() 
     let dir = tempfile::tempdir().expect("tmp");
     let applied_id = rt().block_on(async {
         let mut data = DataDir::open(dir.path(), &identity()).expect("open");
-        let entries: Vec<Entry> = (1..=5).map(|i| entry(1, i, "k", json!(i))).collect();
-        data.sm.apply(entries).await.expect("apply");
+        apply(&mut data.sm, (1..=5).map(|i| entry(1, i, "k", json!(i))).collect()).await;
         let snap = data.sm.build_snapshot().await.expect("snapshot");
         snap.meta.last_log_id
     });
     // A crash in the middle of writing the next snapshot leaves only a temporary file.
-    std::fs::write(dir.path().join("snapshot.bin.tmp"), b"KVSNAP1\n{\"trunc").expect("write");
+    let torn = dir.path().join("snapshots").join("tmp-1-0.part");
+    std::fs::write(&torn, b"KVSNAP2\n\x05\x00").expect("write");
     rt().block_on(async {
         let mut data = DataDir::open(dir.path(), &identity()).expect("reopen");
         let (applied, _) = data.sm.applied_state().await.expect("state");
         assert_eq!(applied, applied_id);
-        assert_eq!(data.sm.read().kv.get("k"), Some(&json!([1, 2, 3, 4, 5])));
+        assert_eq!(value(&data.sm, "k"), Some(json!([1, 2, 3, 4, 5])));
         // The idempotency table came back too: a replay of entry 3 changes nothing.
-        data.sm
-            .apply(vec![entry(1, 6, "k", json!(6))])
-            .await
-            .expect("apply");
-        assert_eq!(data.sm.read().kv.get("k"), Some(&json!([1, 2, 3, 4, 5, 6])));
+        apply(&mut data.sm, vec![entry(1, 6, "k", json!(6))]).await;
+        assert_eq!(value(&data.sm, "k"), Some(json!([1, 2, 3, 4, 5, 6])));
         let again = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 0), 7),
+            log_id: log_id(1, 7),
             ..entry(1, 3, "k", json!(3))
         };
-        data.sm.apply(vec![again]).await.expect("apply");
-        assert_eq!(data.sm.read().kv.get("k"), Some(&json!([1, 2, 3, 4, 5, 6])));
+        apply(&mut data.sm, vec![again]).await;
+        assert_eq!(value(&data.sm, "k"), Some(json!([1, 2, 3, 4, 5, 6])));
         // Installing a received snapshot replaces the state.
         let snap = data.sm.build_snapshot().await.expect("snapshot");
-        let bytes = snap.snapshot.into_inner();
         let mut fresh = DataDir::open(&dir.path().join("other"), &identity()).expect("open other");
-        fresh
-            .sm
-            .install_snapshot(&snap.meta, Box::new(Cursor::new(bytes)))
-            .await
-            .expect("install");
-        assert_eq!(fresh.sm.read().kv.get("k"), Some(&json!([1, 2, 3, 4, 5, 6])));
+        let received = fresh.sm.receive_path();
+        std::fs::copy(&snap.snapshot.path, &received).expect("copy");
+        let file = kvnode::store::snapshot::SnapshotFile::open(&received).expect("open");
+        fresh.sm.install_snapshot(&snap.meta, file).await.expect("install");
+        assert_eq!(value(&fresh.sm, "k"), Some(json!([1, 2, 3, 4, 5, 6])));
+        assert!(!received.exists(), "the received file was published under its final name");
+        let current = fresh.sm.get_current_snapshot().await.expect("read").expect("one");
+        assert_eq!(current.meta, snap.meta);
     });
-    assert!(
-        !dir.path().join("snapshot.bin.tmp").exists(),
-        "leftover temporary file removed"
-    );
+    assert!(!torn.exists(), "leftover temporary file removed");
 }
 
 #[test]
 fn a_damaged_snapshot_or_identity_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tmp");
-    rt().block_on(async {
+    let snap = rt().block_on(async {
         let mut data = DataDir::open(dir.path(), &identity()).expect("open");
-        data.sm
-            .apply(vec![entry(1, 1, "k", json!(1))])
-            .await
-            .expect("apply");
-        data.sm.build_snapshot().await.expect("snapshot");
+        apply(&mut data.sm, vec![entry(1, 1, "k", json!(1))]).await;
+        data.sm.build_snapshot().await.expect("snapshot").snapshot.path
     });
-    let snap = dir.path().join("snapshot.bin");
     let bytes = std::fs::read(&snap).expect("read");
-    // Torn: a truncated payload.
+    // Torn: a truncated file.
     std::fs::write(&snap, &bytes[..bytes.len() - 3]).expect("write");
     match DataDir::open(dir.path(), &identity()) {
-        Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("payload bytes"), "{reason}"),
+        Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("ends"), "{reason}"),
         other => panic!("expected a corrupt snapshot error, got {:?}", other.err()),
     }
     // Flipped bit in the payload.
     let mut flipped = bytes.clone();
-    let last = flipped.len() - 2;
+    let last = flipped.len() - 6;
     flipped[last] ^= 0x01;
     std::fs::write(&snap, &flipped).expect("write");
     match DataDir::open(dir.path(), &identity()) {

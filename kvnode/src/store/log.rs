@@ -13,13 +13,13 @@ use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 pub(crate) const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -78,7 +78,7 @@ impl LogStore {
     /// new cluster, and doubt must never lead to that.
     pub fn is_pristine(&self) -> bool {
         let check = || -> Result<bool, MetaError> {
-            let vote: Option<Vote<NodeId>> = self.read_meta(KEY_VOTE)?;
+            let vote: Option<Vote> = self.read_meta(KEY_VOTE)?;
             let purged: Option<LogId> = self.read_meta(KEY_PURGED)?;
             let txn = self.db.begin_read()?;
             let empty = txn.open_table(LOGS)?.is_empty()?;
@@ -149,11 +149,15 @@ impl From<MetaError> for redb::Error {
     }
 }
 
+fn io(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         let read = || -> Result<Vec<Entry>, MetaError> {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(LOGS)?;
@@ -164,14 +168,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             Ok(out)
         };
-        read().map_err(|e| StorageIOError::read_logs(&e).into())
+        read().map_err(io)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        self.read_meta(KEY_VOTE).map_err(io)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let state = || -> Result<LogState<TypeConfig>, MetaError> {
             let last_purged_log_id: Option<LogId> = self.read_meta(KEY_PURGED)?;
             let txn = self.db.begin_read()?;
@@ -185,33 +193,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 last_log_id: last,
             })
         };
-        state().map_err(|e| StorageIOError::read_logs(&e).into())
+        state().map_err(io)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let bytes = to_bytes(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        let bytes = to_bytes(vote).map_err(io)?;
         self.write(Durability::Immediate, move |txn| {
             txn.open_table(META)?.insert(KEY_VOTE, bytes.as_slice())?;
             Ok(())
         })
         .await
-        .map_err(|e| StorageIOError::write_vote(&e).into())
+        .map_err(io)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_meta(KEY_VOTE)
-            .map_err(|e| StorageIOError::read_vote(&e).into())
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         if let Some(c) = committed {
             self.committed.store(c.index, Ordering::Relaxed);
         }
-        let bytes = to_bytes(&committed).map_err(|e| StorageIOError::write(&e))?;
+        let bytes = to_bytes(&committed).map_err(io)?;
         // Losing this hint in a crash is harmless (it only speeds up re-applying after a
         // restart), so it rides along with the next durable commit instead of forcing a sync.
         self.write(Durability::None, move |txn| {
@@ -219,26 +222,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await
-        .map_err(|e| StorageIOError::write(&e).into())
+        .map_err(io)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         self.read_meta(KEY_COMMITTED)
             .map(|c: Option<Option<LogId>>| c.flatten())
-            .map_err(|e| StorageIOError::read(&e).into())
+            .map_err(io)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
         for e in entries {
-            rows.push((
-                e.log_id.index,
-                to_bytes(&e).map_err(|e| StorageIOError::write_logs(&e))?,
-            ));
+            rows.push((e.log_id.index, to_bytes(&e).map_err(io)?));
         }
         let result = self
             .write(Durability::Immediate, move |txn| {
@@ -252,28 +252,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The commit above was durable, so the entries are on disk when the callback fires.
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                callback.io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
+                callback.io_completed(Err(io(&e)));
+                Err(io(e))
             }
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), std::io::Error> {
+        let from = last.map_or(0, |l| l.index + 1);
         self.write(Durability::Immediate, move |txn| {
             let mut table = txn.open_table(LOGS)?;
-            table.retain_in(log_id.index.., |_, _| false)?;
+            table.retain_in(from.., |_, _| false)?;
             Ok(())
         })
         .await
-        .map_err(|e| StorageIOError::write_logs(&e).into())
+        .map_err(io)
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = to_bytes(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
+        let bytes = to_bytes(&log_id).map_err(io)?;
         self.write(Durability::Immediate, move |txn| {
             let mut table = txn.open_table(LOGS)?;
             table.retain_in(..=log_id.index, |_, _| false)?;
@@ -281,6 +282,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .await
-        .map_err(|e| StorageIOError::write_logs(&e).into())
+        .map_err(io)
     }
 }

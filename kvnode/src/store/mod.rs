@@ -4,7 +4,7 @@
 //! DATA_DIR/
 //!   node.json      identity: node id and cluster fingerprint, written once
 //!   raft.redb      log entries, vote, last purged id, commit hint (see `log`)
-//!   snapshot.bin   latest snapshot of the state machine (see `sm`)
+//!   snapshots/     the latest snapshot of the state machine (see `snapshot`)
 //! ```
 //!
 //! Opening refuses, with a message that names the problem, a directory that belongs to another
@@ -14,6 +14,7 @@
 
 pub mod log;
 pub mod sm;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::types::NodeId;
 
 const IDENTITY_FILE: &str = "node.json";
 const DB_FILE: &str = "raft.redb";
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Who a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +119,7 @@ impl DataDir {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                for file in [DB_FILE, "snapshot.bin"] {
+                for file in [DB_FILE, SNAPSHOT_DIR] {
                     if dir.join(file).exists() {
                         return Err(OpenError::Corrupt {
                             path: dir.to_path_buf(),
@@ -151,9 +153,12 @@ impl DataDir {
             path: db_path.clone(),
             reason: e.to_string(),
         })?;
-        let sm = StateMachineStore::open(dir).map_err(|e| OpenError::Corrupt {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
+        let sm = StateMachineStore::open(&dir.join(SNAPSHOT_DIR)).map_err(|e| match e {
+            snapshot::SnapshotError::Io { path, source } => OpenError::Io { path, source },
+            corrupt => OpenError::Corrupt {
+                path: dir.join(SNAPSHOT_DIR),
+                reason: corrupt.to_string(),
+            },
         })?;
         Ok(DataDir { log, sm })
     }

@@ -1,31 +1,38 @@
 //! The state machine as openraft sees it: the in-memory [`KvState`], the last applied log id
 //! and membership, and snapshots on disk.
 //!
-//! The map lives in memory; durability comes from the log plus snapshots. A snapshot is one
-//! file, `snapshot.bin`: a header line with the snapshot's metadata, the payload length and its
-//! CRC-32, then the payload (the serialized [`KvState`]). It is written to a temporary file,
-//! fsynced, renamed over the old one and the directory fsynced, so a crash leaves either the old
-//! snapshot or the new one, never a torn file. `build_snapshot` serializes under the same lock
-//! that `apply` takes, so data and applied log id always match, and returns only once the file
-//! is durable: openraft may purge the log right after.
+//! The map lives in memory; durability comes from the log plus snapshots (see `snapshot` for
+//! the file format). The rules that keep a crash at any step harmless:
+//!
+//! - A snapshot is built from a frozen clone of the state (constant time, the maps are
+//!   persistent), taken under the lock together with the applied log id so the two match. The
+//!   file is written on a blocking thread while writes go on, and `build_snapshot` returns only
+//!   once it is durable and published: openraft purges the log right after.
+//! - A snapshot received from the leader is already a durable temporary file when it reaches
+//!   [`install_snapshot`](RaftStateMachine::install_snapshot), which checks it, publishes it and
+//!   only then replaces the in-memory state and returns; the log is purged after that.
+//! - Publishing never replaces a newer snapshot, and concurrent builds and installs write to
+//!   different temporary files.
+//!
+//! Entries are applied one at a time under a short write lock; readers take the read lock for
+//! the duration of one lookup.
 
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use serde::{Deserialize, Serialize};
+use futures_util::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::state::KvState;
-use crate::types::{BatchResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::store::snapshot::{self, SnapshotDir, SnapshotError, SnapshotFile};
+use crate::types::{BatchResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
-const SNAPSHOT_FILE: &str = "snapshot.bin";
-const SNAPSHOT_MAGIC: &[u8] = b"KVSNAP1\n";
+/// A snapshot as openraft passes it around.
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// What has been applied: the data plus the Raft bookkeeping that must move with it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Applied {
     /// Last log id applied.
     pub last_applied: Option<LogId>,
@@ -37,8 +44,7 @@ pub struct Applied {
 
 struct Shared {
     applied: RwLock<Applied>,
-    dir: PathBuf,
-    snapshot_seq: AtomicU64,
+    snapshots: SnapshotDir,
 }
 
 /// The state machine store; clones share state.
@@ -47,52 +53,35 @@ pub struct StateMachineStore {
     shared: Arc<Shared>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotHeader {
-    meta: SnapshotMeta,
-    len: u64,
-    crc32: u32,
-}
-
-/// Why a snapshot file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotFileError {
-    /// Reading failed.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is damaged.
-    #[error("snapshot file {path} is corrupt: {reason}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+/// Statistics of one snapshot written by this node, for logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotStats {
+    /// Keys in it.
+    pub keys: usize,
+    /// Size of the file in bytes.
+    pub bytes: u64,
 }
 
 impl StateMachineStore {
-    /// Open the state machine in `dir`, loading the snapshot if there is one.
-    pub fn open(dir: &Path) -> Result<Self, SnapshotFileError> {
-        let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT_FILE}.tmp")));
+    /// Open the state machine whose snapshots live in `dir`, loading the newest snapshot.
+    ///
+    /// A damaged newest snapshot is an error, not a reason to fall back to an older one: the
+    /// log may already be purged past the older one, and starting from it would leave a hole.
+    pub fn open(dir: &Path) -> Result<Self, SnapshotError> {
+        let snapshots = SnapshotDir::open(dir)?;
         let mut applied = Applied::default();
-        if let Some((meta, data)) = read_snapshot_file(dir)? {
-            applied.kv = serde_json::from_slice(&data).map_err(|e| SnapshotFileError::Corrupt {
-                path: dir.join(SNAPSHOT_FILE),
-                reason: e.to_string(),
-            })?;
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership;
+        if let Some((_, path)) = snapshots.list()?.pop() {
+            let (meta, kv) = snapshot::read(&path)?;
+            applied = Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership,
+                kv,
+            };
         }
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
-                dir: dir.to_path_buf(),
-                snapshot_seq: AtomicU64::new(0),
+                snapshots,
             }),
         })
     }
@@ -102,158 +91,164 @@ impl StateMachineStore {
         self.shared.applied.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when a snapshot file exists.
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.shared.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when a snapshot has been published in this data directory.
     pub fn has_snapshot(&self) -> bool {
-        self.shared.dir.join(SNAPSHOT_FILE).exists()
+        self.shared
+            .snapshots
+            .list()
+            .map(|l| !l.is_empty())
+            .unwrap_or(true)
     }
 
-    async fn persist(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<Vec<u8>, StorageError> {
-        let dir = self.shared.dir.clone();
-        let header = SnapshotHeader {
-            meta: meta.clone(),
-            len: data.len() as u64,
-            crc32: crc32fast::hash(&data),
+    /// A fresh temporary path for receiving a snapshot from the leader.
+    pub fn receive_path(&self) -> std::path::PathBuf {
+        self.shared.snapshots.temp_path()
+    }
+
+    fn current(&self) -> Result<Option<Snapshot>, SnapshotError> {
+        let Some((meta, path)) = self.shared.snapshots.list()?.pop() else {
+            return Ok(None);
         };
-        let sig = meta.signature();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &header, &data).map(|()| data))
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(sig.clone()), &e))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e).into())
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotFile::open(&path)?,
+        }))
     }
-}
 
-fn write_snapshot_file(dir: &Path, header: &SnapshotHeader, data: &[u8]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(data.len() + 512);
-    buf.extend_from_slice(SNAPSHOT_MAGIC);
-    serde_json::to_writer(&mut buf, header)?;
-    buf.push(b'\n');
-    buf.extend_from_slice(data);
-    crate::store::write_atomically(&dir.join(SNAPSHOT_FILE), &buf)
-}
-
-fn read_snapshot_file(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotFileError> {
-    let path = dir.join(SNAPSHOT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(SnapshotFileError::Io { path, source }),
-    };
-    let corrupt = |reason: &str| SnapshotFileError::Corrupt {
-        path: path.clone(),
-        reason: reason.to_string(),
-    };
-    let rest = bytes
-        .strip_prefix(SNAPSHOT_MAGIC)
-        .ok_or_else(|| corrupt("it does not start with the snapshot marker"))?;
-    let nl = rest
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| corrupt("its header is incomplete"))?;
-    let header: SnapshotHeader =
-        serde_json::from_slice(&rest[..nl]).map_err(|e| corrupt(&format!("its header is not valid: {e}")))?;
-    let data = &rest[nl + 1..];
-    if data.len() as u64 != header.len {
-        return Err(corrupt(&format!(
-            "it holds {} payload bytes where the header says {}",
-            data.len(),
-            header.len
-        )));
+    /// Write and publish a snapshot of the current state; returns it with statistics.
+    pub async fn snapshot_now(&self) -> Result<(Snapshot, SnapshotStats), std::io::Error> {
+        let (meta, frozen) = {
+            let a = self.read();
+            let meta = SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.membership.clone(),
+            };
+            (meta, a.kv.clone())
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let temp = this.shared.snapshots.temp_path();
+            let bytes = snapshot::write(&temp, &meta, &frozen)?;
+            let stats = SnapshotStats {
+                keys: frozen.len(),
+                bytes,
+            };
+            drop(frozen);
+            if this.shared.snapshots.publish(&meta, &temp)?.is_none() {
+                // A newer snapshot (installed meanwhile) is already durable: hand that one back,
+                // which covers at least as much of the log as ours would have.
+                tracing::info!("a newer snapshot was published while this one was written; keeping it");
+            }
+            let current = this.current()?.ok_or_else(|| {
+                std::io::Error::other("the snapshot directory is empty right after publishing")
+            })?;
+            Ok((current, stats))
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
-    if crc32fast::hash(data) != header.crc32 {
-        return Err(corrupt("its checksum does not match"));
-    }
-    Ok(Some((header.meta, data.to_vec())))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = {
-            let applied = self.read();
-            let data = serde_json::to_vec(&applied.kv).map_err(|e| StorageIOError::read_state_machine(&e))?;
-            let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-            let snapshot_id = match applied.last_applied {
-                Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
-                None => format!("none-{seq}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
-            (meta, data)
-        };
-        let data = self.persist(&meta, data).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let started = std::time::Instant::now();
+        let (snapshot, stats) = self.snapshot_now().await?;
+        tracing::info!(
+            index = snapshot.meta.last_log_id.map(|l| l.index),
+            keys = stats.keys,
+            bytes = stats.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(snapshot)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = StateMachineStore;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         let a = self.read();
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
-        let mut applied = self.shared.applied.write().unwrap_or_else(|p| p.into_inner());
-        let mut replies = Vec::new();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => replies.push(BatchResult::default()),
-                EntryPayload::Normal(batch) => {
-                    replies.push(applied.kv.apply_batch(entry.log_id.index, &batch));
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = {
+                let mut applied = self.write();
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => BatchResult::default(),
+                    EntryPayload::Normal(batch) => applied.kv.apply_batch(entry.log_id.index, &batch),
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                        BatchResult::default()
+                    }
                 }
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                    replies.push(BatchResult::default());
-                }
+            };
+            if let Some(responder) = responder {
+                responder.send(result);
             }
         }
-        Ok(replies)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let kv: KvState = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.persist(meta, data).await?;
-        let mut applied = self.shared.applied.write().unwrap_or_else(|p| p.into_inner());
-        applied.kv = kv;
-        applied.last_applied = meta.last_log_id;
-        applied.membership = meta.last_membership.clone();
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), std::io::Error> {
+        let started = std::time::Instant::now();
+        let this = self.clone();
+        let meta = meta.clone();
+        let (kv, published) = tokio::task::spawn_blocking(move || {
+            let SnapshotFile { path, file, .. } = snapshot;
+            let (found, kv) = snapshot::read_from(file, &path)?;
+            if found != meta {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("snapshot {path:?} holds {found:?}, not the announced {meta:?}"),
+                ));
+            }
+            let published = this.shared.snapshots.publish(&meta, &path)?;
+            Ok::<_, std::io::Error>((kv, (meta, published)))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let (meta, published) = published;
+        let keys = kv.len();
+        {
+            let mut applied = self.write();
+            applied.kv = kv;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+        }
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index),
+            keys,
+            kept = published.is_some(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let dir = self.shared.dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.current().map_err(std::io::Error::from))
             .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(loaded.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+            .map_err(std::io::Error::other)?
     }
 }

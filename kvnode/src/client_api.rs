@@ -1,4 +1,4 @@
-//! The client HTTP API (`api_description.yml` describes it exactly).
+//! The client-facing HTTP handlers (`api_description.yml` describes them exactly).
 //!
 //! Handlers here only translate: they validate input into an [`Op`] or a read, hand it to the
 //! [`Node`], and turn the outcome into a response. Bodies are read with our own size limit and
@@ -21,10 +21,10 @@ use kvapi::{
     IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES, REPLAYED_HEADER,
 };
 
-use crate::error::ApiError;
-use crate::node::{Node, NodeError};
-use crate::state::KvState;
-use crate::types::{Command, LogIndex, Op, OpOutcome, OpReply};
+use crate::error::{ApiError, NodeError};
+use crate::node::Node;
+use crate::state::{KvState, IDEMPOTENCY_TTL_MS};
+use crate::types::{Command, IdemKey, LogIndex, Op, OpOutcome, OpReply};
 
 /// Room for the envelope around the largest value.
 const BODY_OVERHEAD: usize = 64 * 1024;
@@ -84,19 +84,19 @@ fn key_from_uri(uri: &Uri) -> Result<String> {
     Ok(key)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdemKey>> {
     let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
         return Ok(None);
     };
     let s = v
         .to_str()
         .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?;
-    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+    if s.len() > MAX_IDEMPOTENCY_KEY_BYTES {
         return Err(ApiError::invalid(format!(
-            "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"
+            "the Idempotency-Key header must be at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes long"
         )));
     }
-    Ok(Some(s.to_string()))
+    IdemKey::parse(s).map(Some).map_err(ApiError::invalid)
 }
 
 /// Bytes of an oversized body read and thrown away before answering 413, so that the client,
@@ -235,13 +235,30 @@ fn write_response(key: String, reply: OpReply, what: &str) -> Result<Response> {
         OpOutcome::TypeConflict { existing, appended } => ApiError::new(
             ErrorCode::TypeConflict,
             format!(
-                "cannot {what} a {appended} to the {existing} at key {key:?}: APPEND pushes onto a list or concatenates a string onto a string; nothing was changed"
+                "cannot {what} a {} to the {} at key {key:?}: APPEND pushes onto a list or concatenates a string onto a string; nothing was changed",
+                appended.name(),
+                existing.name()
             ),
         )
         .into_response(),
         OpOutcome::IdempotencyKeyReused => ApiError::new(
             ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was already used for a different write; use a fresh key for each write",
+        )
+        .into_response(),
+        OpOutcome::IdempotencyKeyExpired => ApiError::new(
+            ErrorCode::IdempotencyKeyExpired,
+            format!(
+                "this Idempotency-Key is older than the {} minutes the cluster remembers idempotent writes for: \
+                 the write may have been applied long ago, so it was not applied now; nothing was changed \
+                 (if this is a new write, your clock may be behind: send a fresh UUIDv7)",
+                IDEMPOTENCY_TTL_MS / 60_000
+            ),
+        )
+        .into_response(),
+        OpOutcome::IdempotencyKeyFromFuture => ApiError::invalid(
+            "this Idempotency-Key's time is more than a minute ahead of the leader's clock: check this \
+             machine's clock and send a fresh UUIDv7; nothing was changed",
         )
         .into_response(),
     };
@@ -294,7 +311,7 @@ async fn get_key(
 ) -> Result<Response> {
     let key = key_from_uri(&uri)?;
     let consistency = read_params(&query(q)?, &["consistency"])?;
-    let (value, applied_index) = read(&node, consistency, |kv| kv.get(&key).cloned()).await?;
+    let (value, applied_index) = read(&node, consistency, |kv| kv.get(&key).map(|s| s.value.clone())).await?;
     match value {
         Some(value) => Ok(Json(GetResponse {
             key,

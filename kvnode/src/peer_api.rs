@@ -1,0 +1,243 @@
+//! The peer-facing HTTP handlers: Raft RPCs, probes and requests forwarded by other nodes.
+//!
+//! Clients never see these routes; they listen on the node's separate Raft address so tests (and
+//! firewalls) can cut peer traffic while clients still reach the node. Every request must name
+//! this node and this cluster (see `peer_client`); a mismatch is answered 421 before anything
+//! is processed. Failures are answered with an error status and a body that says why, never
+//! with 200. Bodies are binary (see `wire`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures_util::StreamExt;
+use openraft::raft::{TransferLeaderRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::cluster;
+use crate::error::NodeError;
+use crate::node::Node;
+use crate::store::snapshot::SnapshotFile;
+use crate::store::sm::Snapshot;
+use crate::types::TypeConfig;
+use crate::wire::{self, route, ForwardWrite, ReadIndex, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE, TARGET_HEADER};
+
+/// The peer router of `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(route::APPEND, post(append))
+        .route(route::VOTE, post(vote))
+        .route(route::PRE_VOTE, post(pre_vote))
+        .route(route::SNAPSHOT, post(snapshot))
+        .route(route::TRANSFER_LEADER, post(transfer_leader))
+        .route(route::PROBE, post(probe))
+        .route(route::FORWARD_WRITE, post(forward_write))
+        .route(route::FORWARD_READ_INDEX, post(forward_read_index))
+        .layer(middleware::from_fn_with_state(node.clone(), check_identity))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(node)
+}
+
+async fn check_identity(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let (target, cluster) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (header(TARGET_HEADER), header(CLUSTER_HEADER))
+    };
+    if cluster.as_deref() != Some(node.config.cluster.as_str()) {
+        let msg = format!(
+            "cluster mismatch: this node belongs to cluster {}, the request to {:?}",
+            node.config.cluster, cluster
+        );
+        return (StatusCode::MISDIRECTED_REQUEST, msg).into_response();
+    }
+    if target != Some(node.id.to_string()) {
+        let msg = format!(
+            "node mismatch: this is node {}, the request is for {:?}",
+            node.id, target
+        );
+        return (StatusCode::MISDIRECTED_REQUEST, msg).into_response();
+    }
+    next.run(req).await
+}
+
+fn binary<T: Serialize>(value: &T) -> Response {
+    ([("content-type", CONTENT_TYPE)], wire::encode(value)).into_response()
+}
+
+fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, message.to_string()).into_response()
+}
+
+/// Answer a node-level result: the value, or the error (which the sender decodes) with 503.
+fn answer<T: Serialize>(result: Result<T, NodeError>) -> Response {
+    match result {
+        Ok(v) => binary(&v),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", CONTENT_TYPE)],
+            wire::encode(&e),
+        )
+            .into_response(),
+    }
+}
+
+/// Answer a Raft-level result: openraft's answer, or 500 with the fatal error's text.
+fn raft_answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Response {
+    match result {
+        Ok(v) => binary(&v),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn read_all(body: Body) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}")))
+}
+
+async fn decoded<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
+    let bytes = read_all(body).await?;
+    wire::decode(&bytes).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))
+}
+
+async fn append(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let bytes = match read_all(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match wire::decode_append(&bytes) {
+        Ok(req) => raft_answer(node.raft.append_entries(req).await),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn vote(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let req: VoteRequest<TypeConfig> = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(why) = cluster::may_vote(&node, &req) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    raft_answer(node.raft.vote(req).await)
+}
+
+async fn pre_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let req: VoteRequest<TypeConfig> = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(why) = cluster::may_vote(&node, &req) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    raft_answer(node.raft.pre_vote(req).await)
+}
+
+async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let req: TransferLeaderRequest<TypeConfig> = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    raft_answer(node.raft.handle_transfer_leader(req).await)
+}
+
+/// Receive a snapshot: stream it to a durable temporary file, then hand it to openraft. The
+/// file is on disk before openraft installs it (and then purges the log), so a crash at any
+/// point leaves either the old state or the new one.
+async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let path = node.sm.receive_path();
+    let received = receive_snapshot(&path, body).await;
+    let response = match received {
+        Ok(header) => install_snapshot(&node, header, &path).await,
+        Err(r) => r,
+    };
+    // Published files were renamed away; anything left here is an unused partial file.
+    let _ = tokio::fs::remove_file(&path).await;
+    response
+}
+
+async fn receive_snapshot(path: &std::path::Path, body: Body) -> Result<SnapshotHeader, Response> {
+    let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
+    let io = |e: std::io::Error| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the snapshot: {e}"));
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let (header, mut rest) = loop {
+        if let Some((frame, rest)) = wire::split_frame(&buf) {
+            let header: SnapshotHeader = wire::decode(frame).map_err(|e| bad(e.to_string()))?;
+            break (header, rest.to_vec());
+        }
+        if buf.len() > 16 * 1024 * 1024 {
+            return Err(bad("the snapshot header is implausibly large".into()));
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(bad(format!("the snapshot body could not be read: {e}"))),
+            None => return Err(bad("the snapshot body ended inside its header".into())),
+        }
+    };
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut written = 0u64;
+    loop {
+        written += rest.len() as u64;
+        if written > header.len {
+            return Err(bad(format!("the snapshot is longer than the {} bytes announced", header.len)));
+        }
+        file.write_all(&rest).await.map_err(io)?;
+        match stream.next().await {
+            Some(Ok(chunk)) => rest = chunk.to_vec(),
+            Some(Err(e)) => return Err(bad(format!("the snapshot body could not be read: {e}"))),
+            None => break,
+        }
+    }
+    if written != header.len {
+        return Err(bad(format!(
+            "the snapshot ended after {written} of {} bytes",
+            header.len
+        )));
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok(header)
+}
+
+async fn install_snapshot(node: &Node, header: SnapshotHeader, path: &std::path::Path) -> Response {
+    if let Err(why) = cluster::snapshot_fits(node, &header.vote, &header.meta) {
+        return refuse(StatusCode::CONFLICT, why);
+    }
+    let file = match SnapshotFile::open(path) {
+        Ok(f) => f,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let snapshot = Snapshot {
+        meta: header.meta,
+        snapshot: file,
+    };
+    raft_answer(node.raft.install_full_snapshot(header.vote, snapshot).await)
+}
+
+async fn probe(State(node): State<Arc<Node>>) -> Response {
+    binary(&cluster::probe(&node))
+}
+
+async fn forward_write(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let req: ForwardWrite = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    answer(node.write_as_leader(req.op, req.size).await)
+}
+
+async fn forward_read_index(State(node): State<Arc<Node>>) -> Response {
+    answer(node.read_index_as_leader().await.map(|index| ReadIndex { index }))
+}

@@ -1,0 +1,310 @@
+//! Outgoing peer traffic: Raft RPCs and forwarded client requests, over one pooled HTTP client.
+//!
+//! Every request names the node it is meant for and the cluster it belongs to (headers
+//! `x-kv-target` and `x-kv-cluster`); the receiver refuses a mismatch, so a stale address or a
+//! node of another cluster can never join in by accident. Bodies are binary (see `wire`).
+//!
+//! Failures are sorted by what they mean for a write: [`PeerError::NotSent`] (the connection was
+//! never made, so the request certainly did nothing) versus [`PeerError::Unknown`] (it may have
+//! been received). Forwarding relies on that distinction to retry only what is safe to retry.
+//!
+//! Timeouts fit the payload. openraft bounds a replication call by the heartbeat interval,
+//! which is right for a heartbeat and wrong for a request carrying megabytes to a follower that
+//! is catching up: it would time out every time and never catch up. So an AppendEntries is
+//! capped at [`MAX_APPEND_BYTES`] (the rest follows in the next call) and given a deadline of
+//! a base plus its size at a conservative transfer rate, and a snapshot likewise.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::store::snapshot::SnapshotFile;
+use crate::store::sm::Snapshot;
+use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
+use crate::wire::{self, route, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE, TARGET_HEADER};
+
+/// Largest AppendEntries body sent in one call (a single larger entry still goes alone).
+pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
+/// Every peer call gets at least this long.
+const BASE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Transfer rate assumed when sizing a deadline: slow enough for a loaded small machine.
+const BYTES_PER_SEC: u64 = 10 * 1024 * 1024;
+
+/// A deadline for sending `bytes`: at least `floor`, else a base plus the transfer time.
+pub fn deadline_for(bytes: u64, floor: Duration) -> Duration {
+    floor.max(BASE_TIMEOUT + Duration::from_millis(bytes.saturating_mul(1000) / BYTES_PER_SEC))
+}
+
+/// Why a peer request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No connection could be made: the request was certainly not processed.
+    #[error("peer {addr} is unreachable: {reason}")]
+    NotSent {
+        /// The peer address.
+        addr: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The request may have reached the peer, but no answer came back.
+    #[error("no answer from peer {addr}: {reason}")]
+    Unknown {
+        /// The peer address.
+        addr: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The peer answered with an error status; the body is the peer's error document.
+    #[error("peer {addr} answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]))]
+    Remote {
+        /// The peer address.
+        addr: String,
+        /// HTTP status.
+        status: u16,
+        /// Body.
+        body: Vec<u8>,
+    },
+}
+
+/// The pooled client for all peer traffic of one node.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    cluster: String,
+}
+
+impl PeerClient {
+    /// A client for the cluster with this fingerprint.
+    pub fn new(cluster: String) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()?;
+        Ok(PeerClient { http, cluster })
+    }
+
+    /// POST a MessagePack-encoded `body` to node `target` at `addr` and decode a 2xx answer.
+    pub async fn post<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        target: NodeId,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let bytes = self
+            .post_raw(addr, target, path, reqwest::Body::from(wire::encode(body)), timeout)
+            .await?;
+        wire::decode(&bytes).map_err(|e| PeerError::Unknown {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// POST `body` as it is and return the bytes of a 2xx answer.
+    pub async fn post_raw(
+        &self,
+        addr: &str,
+        target: NodeId,
+        path: &str,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        let unknown = |reason: String| PeerError::Unknown {
+            addr: addr.to_string(),
+            reason,
+        };
+        let resp = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header(TARGET_HEADER, target.to_string())
+            .header(CLUSTER_HEADER, &self.cluster)
+            .header("content-type", CONTENT_TYPE)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    PeerError::NotSent {
+                        addr: addr.to_string(),
+                        reason: error_chain(&e),
+                    }
+                } else {
+                    unknown(error_chain(&e))
+                }
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| unknown(error_chain(&e)))?;
+        if !(200..300).contains(&status) {
+            return Err(PeerError::Remote {
+                addr: addr.to_string(),
+                status,
+                body: body.to_vec(),
+            });
+        }
+        Ok(body.to_vec())
+    }
+}
+
+/// An error and all its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// openraft's network factory: one [`PeerConn`] per target, all sharing the pooled client.
+pub struct PeerNetwork {
+    client: PeerClient,
+}
+
+impl PeerNetwork {
+    /// Wrap the node's pooled client.
+    pub fn new(client: PeerClient) -> Self {
+        PeerNetwork { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        PeerConn {
+            client: self.client.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// Raft RPCs to one peer.
+pub struct PeerConn {
+    client: PeerClient,
+    target: NodeId,
+    node: NodeInfo,
+}
+
+fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
+    match e {
+        // Nothing was sent, or the peer refused us before doing anything (wrong cluster or id,
+        // an error of its own): back off as from an unreachable node.
+        PeerError::NotSent { .. } | PeerError::Remote { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        PeerError::Unknown { .. } => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl PeerConn {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        self.client
+            .post(&self.node.raft, self.target, path, req, timeout)
+            .await
+            .map_err(rpc_error)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let (body, sent) = wire::encode_append(&rpc, MAX_APPEND_BYTES);
+        let timeout = deadline_for(body.len() as u64, option.hard_ttl());
+        let bytes = self
+            .client
+            .post_raw(&self.node.raft, self.target, route::APPEND, body.into(), timeout)
+            .await
+            .map_err(rpc_error)?;
+        let resp: AppendEntriesResponse<TypeConfig> =
+            wire::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // Entries left out for size follow in the next call: tell openraft how far this one got.
+        if sent < rpc.entries.len() && resp.is_success() {
+            return Ok(AppendEntriesResponse::PartialSuccess(Some(
+                rpc.entries[sent - 1].log_id,
+            )));
+        }
+        Ok(resp)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(route::VOTE, &rpc, deadline_for(0, option.hard_ttl())).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(route::PRE_VOTE, &rpc, deadline_for(0, option.hard_ttl())).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let SnapshotFile { file, len, .. } = snapshot.snapshot;
+        let header = wire::frame(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+            len,
+        });
+        let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(header)) });
+        let file = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+        let body = reqwest::Body::wrap_stream(futures_util::StreamExt::chain(head, file));
+        let timeout = deadline_for(len, option.hard_ttl()) + Duration::from_secs(10);
+        let send = self
+            .client
+            .post_raw(&self.node.raft, self.target, route::SNAPSHOT, body, timeout);
+        let bytes = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = send => r.map_err(|e| match rpc_error(e) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Network(n) => StreamingError::Network(n),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?,
+        };
+        wire::decode(&bytes).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(route::TRANSFER_LEADER, &req, deadline_for(0, option.hard_ttl()))
+            .await
+    }
+}
