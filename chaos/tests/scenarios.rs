@@ -82,7 +82,7 @@ fn append(cluster: &Cluster, id: NodeId, key: &str, value: &str) -> Option<Reply
         id,
         key,
         serde_json::json!(value),
-        Some(&format!("scenario-{value}")),
+        Some(&kvctl::client::new_idempotency_key()),
     )
 }
 
