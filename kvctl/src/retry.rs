@@ -268,7 +268,10 @@ mod tests {
         for &code in ErrorCode::ALL {
             let retried = matches!(
                 code,
-                ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown | ErrorCode::OutcomeUnknown
+                ErrorCode::Unavailable
+                    | ErrorCode::NoQuorum
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::OutcomeUnknown
             );
             let verdict = judge(&answered(code.http_status(), Some(code)), true);
             assert_eq!(verdict != Verdict::Fail, retried, "{code:?}: {verdict:?}");

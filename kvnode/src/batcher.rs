@@ -106,9 +106,9 @@ async fn commit(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
             resp.data.replies.len()
         )),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.reason {
-            ForwardReason::LeaseExpired => NodeError::NoQuorum(
-                "no majority has acknowledged this leader within its lease".into(),
-            ),
+            ForwardReason::LeaseExpired => {
+                NodeError::NoQuorum("no majority has acknowledged this leader within its lease".into())
+            }
             _ => NodeError::NotLeader { leader: f.leader_id },
         },
         // The entry was appended, then discarded when this node adopted another leader's log:

@@ -47,8 +47,10 @@ pub fn may_vote(node: &Node, req: &VoteRequest<TypeConfig>) -> Result<(), &'stat
         candidate_last,
         "refusing to vote: this node has no Raft state (wiped?) and the candidate's log is not empty"
     );
-    Err("this node holds no Raft state (new or wiped data directory) and votes only for a \
-         cluster being formed, or once a leader has brought it up to date")
+    Err(
+        "this node holds no Raft state (new or wiped data directory) and votes only for a \
+         cluster being formed, or once a leader has brought it up to date",
+    )
 }
 
 /// Whether a snapshot sent with `vote` could have been produced by a protocol-following

@@ -91,7 +91,13 @@ impl From<PeerError> for Forwarded {
 
 impl Node {
     /// Assemble a node around a started Raft instance.
-    pub fn new(config: NodeConfig, raft: Raft, sm: StateMachineStore, log: LogStore, peers: PeerClient) -> Node {
+    pub fn new(
+        config: NodeConfig,
+        raft: Raft,
+        sm: StateMachineStore,
+        log: LogStore,
+        peers: PeerClient,
+    ) -> Node {
         let batcher = Batcher::start(raft.clone(), config.batch);
         Node {
             id: config.id,
@@ -210,14 +216,16 @@ impl Node {
                     other => return other,
                 },
                 Some(l) => {
-                    let body = ForwardWrite {
-                        op: op.clone(),
-                        size,
-                    };
-                    match self.forward(l, route::FORWARD_WRITE, &body, forward_timeout).await {
+                    let body = ForwardWrite { op: op.clone(), size };
+                    match self
+                        .forward(l, route::FORWARD_WRITE, &body, forward_timeout)
+                        .await
+                    {
                         Ok(reply) => return Ok(reply),
                         Err(Forwarded::NotSent) => None,
-                        Err(Forwarded::Refused(NodeError::NotLeader { .. } | NodeError::ShuttingDown)) => None,
+                        Err(Forwarded::Refused(NodeError::NotLeader { .. } | NodeError::ShuttingDown)) => {
+                            None
+                        }
                         Err(Forwarded::Refused(e @ NodeError::NoQuorum(_)))
                             if routing.started.elapsed() < self.lease() =>
                         {
@@ -266,7 +274,9 @@ impl Node {
                     .await
                 {
                     Ok(r) => return Ok(r.index),
-                    Err(Forwarded::Refused(e @ (NodeError::NotLeader { .. } | NodeError::ShuttingDown))) => Some(e),
+                    Err(Forwarded::Refused(e @ (NodeError::NotLeader { .. } | NodeError::ShuttingDown))) => {
+                        Some(e)
+                    }
                     Err(Forwarded::Refused(e)) => return Err(e),
                     Err(Forwarded::NotSent | Forwarded::Unknown(_)) => None,
                 },
@@ -295,9 +305,9 @@ impl Node {
                 )),
                 _ => Err(NodeError::NotLeader { leader: f.leader_id }),
             },
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => Err(NodeError::NoQuorum(
-                "a majority of nodes did not confirm this leader".into(),
-            )),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => Err(
+                NodeError::NoQuorum("a majority of nodes did not confirm this leader".into()),
+            ),
             Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(NodeError::ShuttingDown),
             Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Internal(f.to_string())),
             Err(_) => Err(NodeError::NoQuorum(format!(
@@ -309,7 +319,10 @@ impl Node {
 
     /// Run `f` on the state after a linearizable read barrier; returns its result and the
     /// applied index it saw.
-    pub async fn read_linearizable<T>(&self, f: impl FnOnce(&KvState) -> T) -> Result<(T, Option<LogIndex>), NodeError> {
+    pub async fn read_linearizable<T>(
+        &self,
+        f: impl FnOnce(&KvState) -> T,
+    ) -> Result<(T, Option<LogIndex>), NodeError> {
         let index = self.read_index().await?;
         if let Some(index) = index {
             let applied = self.sm.read().last_applied.map(|l| l.index);
@@ -318,7 +331,9 @@ impl Node {
                     .wait(Some(self.config.read_timeout))
                     .applied_index_at_least(Some(index), "linearizable read")
                     .await
-                    .map_err(|e| NodeError::NoQuorum(format!("this replica did not catch up in time: {e}")))?;
+                    .map_err(|e| {
+                        NodeError::NoQuorum(format!("this replica did not catch up in time: {e}"))
+                    })?;
             }
         }
         Ok(self.read_stale(f))

@@ -24,10 +24,12 @@ use tokio::io::AsyncWriteExt;
 use crate::cluster;
 use crate::error::NodeError;
 use crate::node::Node;
-use crate::store::snapshot::SnapshotFile;
 use crate::store::sm::Snapshot;
+use crate::store::snapshot::SnapshotFile;
 use crate::types::TypeConfig;
-use crate::wire::{self, route, ForwardWrite, ReadIndex, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE, TARGET_HEADER};
+use crate::wire::{
+    self, route, ForwardWrite, ReadIndex, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE, TARGET_HEADER,
+};
 
 /// The peer router of `node`.
 pub fn router(node: Arc<Node>) -> Router {
@@ -102,9 +104,12 @@ fn raft_answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Resp
 }
 
 async fn read_all(body: Body) -> Result<axum::body::Bytes, Response> {
-    axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}")))
+    axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read: {e}"),
+        )
+    })
 }
 
 async fn decoded<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
@@ -170,7 +175,12 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
 
 async fn receive_snapshot(path: &std::path::Path, body: Body) -> Result<SnapshotHeader, Response> {
     let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
-    let io = |e: std::io::Error| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the snapshot: {e}"));
+    let io = |e: std::io::Error| {
+        refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store the snapshot: {e}"),
+        )
+    };
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let (header, mut rest) = loop {
@@ -192,7 +202,10 @@ async fn receive_snapshot(path: &std::path::Path, body: Body) -> Result<Snapshot
     loop {
         written += rest.len() as u64;
         if written > header.len {
-            return Err(bad(format!("the snapshot is longer than the {} bytes announced", header.len)));
+            return Err(bad(format!(
+                "the snapshot is longer than the {} bytes announced",
+                header.len
+            )));
         }
         file.write_all(&rest).await.map_err(io)?;
         match stream.next().await {

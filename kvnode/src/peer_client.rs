@@ -26,8 +26,8 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::store::snapshot::SnapshotFile;
 use crate::store::sm::Snapshot;
+use crate::store::snapshot::SnapshotFile;
 use crate::types::{NodeId, NodeInfo, TypeConfig, Vote};
 use crate::wire::{self, route, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE, TARGET_HEADER};
 
@@ -103,7 +103,13 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let bytes = self
-            .post_raw(addr, target, path, reqwest::Body::from(wire::encode(body)), timeout)
+            .post_raw(
+                addr,
+                target,
+                path,
+                reqwest::Body::from(wire::encode(body)),
+                timeout,
+            )
             .await?;
         wire::decode(&bytes).map_err(|e| PeerError::Unknown {
             addr: addr.to_string(),
@@ -257,7 +263,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(route::VOTE, &rpc, deadline_for(0, option.hard_ttl())).await
+        self.call(route::VOTE, &rpc, deadline_for(0, option.hard_ttl()))
+            .await
     }
 
     async fn pre_vote(
@@ -265,7 +272,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(route::PRE_VOTE, &rpc, deadline_for(0, option.hard_ttl())).await
+        self.call(route::PRE_VOTE, &rpc, deadline_for(0, option.hard_ttl()))
+            .await
     }
 
     async fn full_snapshot(
@@ -281,7 +289,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             meta: snapshot.meta,
             len,
         });
-        let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(header)) });
+        let head =
+            futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(header)) });
         let file = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
         let body = reqwest::Body::wrap_stream(futures_util::StreamExt::chain(head, file));
         let timeout = deadline_for(len, option.hard_ttl()) + Duration::from_secs(10);

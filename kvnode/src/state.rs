@@ -160,13 +160,7 @@ impl KvState {
             };
         }
         let outcome = self.mutate(index, op);
-        self.records.insert(
-            idem,
-            IdemRecord {
-                fingerprint,
-                outcome,
-            },
-        );
+        self.records.insert(idem, IdemRecord { fingerprint, outcome });
         self.expiry
             .push_back((self.clock.now_ms + IDEMPOTENCY_TTL_MS, idem));
         OpReply {
@@ -280,9 +274,9 @@ impl KvState {
 
     /// Every idempotency record with its expiry time, oldest first (for snapshots).
     pub fn idempotency_records(&self) -> impl Iterator<Item = (u64, IdemKey, IdemRecord)> + '_ {
-        self.expiry.iter().filter_map(|(expires, key)| {
-            self.records.get(key).map(|r| (*expires, *key, *r))
-        })
+        self.expiry
+            .iter()
+            .filter_map(|(expires, key)| self.records.get(key).map(|r| (*expires, *key, *r)))
     }
 
     /// Clock and horizon (for snapshots).
@@ -406,7 +400,12 @@ mod tests {
             T0,
             vec![op("a", Command::Put(json!(["cat", "dog"])), None)],
         );
-        apply(&mut s, 2, T0, vec![op("a", Command::Append(json!("mouse")), None)]);
+        apply(
+            &mut s,
+            2,
+            T0,
+            vec![op("a", Command::Append(json!("mouse")), None)],
+        );
         assert_eq!(value(&s, "a"), Some(json!(["cat", "dog", "mouse"])));
 
         apply(&mut s, 3, T0, vec![op("b", Command::Append(json!([1])), None)]);
@@ -543,7 +542,11 @@ mod tests {
             1,
             T0,
             vec![
-                op("a", Command::Put(json!(1)), Some(key(T0 + MAX_KEY_FUTURE_MS + 1, 1))),
+                op(
+                    "a",
+                    Command::Put(json!(1)),
+                    Some(key(T0 + MAX_KEY_FUTURE_MS + 1, 1)),
+                ),
                 op("b", Command::Put(json!(1)), Some(key(T0 + MAX_KEY_FUTURE_MS, 2))),
             ],
         );

@@ -166,7 +166,9 @@ pub fn decode_append(bytes: &[u8]) -> Result<openraft::raft::AppendEntriesReques
         rest = tail;
     }
     if !rest.is_empty() {
-        return Err(DecodeError("the AppendEntries body has bytes after its entries".into()));
+        return Err(DecodeError(
+            "the AppendEntries body has bytes after its entries".into(),
+        ));
     }
     Ok(openraft::raft::AppendEntriesRequest {
         vote: header.vote,
@@ -202,12 +204,20 @@ mod tests {
 
     #[test]
     fn append_requests_round_trip_and_are_capped_by_bytes() {
-        let values = [json!({"a": [1, 2.5, null, true]}), json!("x".repeat(1000)), json!(u64::MAX)];
+        let values = [
+            json!({"a": [1, 2.5, null, true]}),
+            json!("x".repeat(1000)),
+            json!(u64::MAX),
+        ];
         let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(3, 1),
             prev_log_id: None,
             leader_commit: None,
-            entries: values.iter().enumerate().map(|(i, v)| entry(i as u64 + 1, v.clone())).collect(),
+            entries: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| entry(i as u64 + 1, v.clone()))
+                .collect(),
         };
         let (all, n) = encode_append(&req, usize::MAX);
         assert_eq!(n, 3);

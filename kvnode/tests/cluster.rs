@@ -236,17 +236,13 @@ fn a_retried_append_with_the_same_idempotency_key_lands_once_on_any_node() {
     let c = Cluster::start(3);
     let key = uuid::Uuid::now_v7().to_string();
     for id in c.ids() {
-        let r = c
-            .append(id, "log", json!("once"), Some(&key))
-            .expect("answer");
+        let r = c.append(id, "log", json!("once"), Some(&key)).expect("answer");
         assert_eq!(r.status, 200, "{:?}", r.json);
         let replayed = r.headers.get("idempotent-replayed").is_some();
         assert_eq!(replayed, id != 0, "only the first copy is applied (node {id})");
     }
     assert_eq!(c.get(2, "log").expect("answer"), Some(json!(["once"])));
-    let reused = c
-        .append(1, "log", json!("other"), Some(&key))
-        .expect("answer");
+    let reused = c.append(1, "log", json!("other"), Some(&key)).expect("answer");
     assert_eq!((reused.status, code(&reused)), (422, "idempotency_key_reused"));
     assert_eq!(c.get(1, "log").expect("answer"), Some(json!(["once"])));
 }
@@ -645,5 +641,141 @@ fn a_wiped_node_does_not_help_a_lagging_node_win_and_lose_a_committed_write() {
             let r = c.request(a, "GET", "/keys/k?consistency=stale", None, &[])?;
             (r.json["value"] == json!("v")).then_some(())
         },
+    );
+}
+
+#[test]
+fn a_follower_back_from_a_pause_does_not_depose_a_healthy_leader() {
+    let mut c = Cluster::start_with(3, FAST);
+    let leader = c.wait_for_leader(Duration::from_secs(20));
+    let term = c.status(leader).expect("leader status").term;
+    let follower = c.ids().into_iter().find(|i| *i != leader).expect("a follower");
+    for round in 0..3 {
+        // Paused for several election timeouts: when it runs again its election timer has long
+        // expired. With pre-vote it first asks whether it could win; the others still hear from
+        // their leader and say no, so no term is spent and the leader stays.
+        c.pause(follower);
+        let r = c.put(leader, "k", json!(round)).expect("answer");
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        std::thread::sleep(Duration::from_millis(1500)); // the fault's length, not a wait
+        c.resume(follower);
+        let target = c.status(leader).and_then(|s| s.last_applied).expect("applied");
+        c.wait_applied(follower, target, Duration::from_secs(20));
+        for id in c.ids() {
+            let s = c.status(id).expect("status");
+            assert_eq!(
+                (s.term, s.leader.map(|l| l.id)),
+                (term, Some(leader)),
+                "round {round}: node {id} saw a new term or leader after node {follower} came back"
+            );
+        }
+    }
+}
+
+/// A tmpfs mounted for one test and unmounted when it ends.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_node_whose_disk_fills_up_stops_serving_and_exits_non_zero() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small file system needs root");
+        return;
+    }
+    let Some(disk) = SmallDisk::mount(96) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let ports = testkit::free_ports(2);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        format!(
+            "[[node]]\nid = 0\nhttp = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\n",
+            ports[0], ports[1]
+        ),
+    )
+    .expect("cluster file");
+    let log_path = dir.path().join("node.log");
+    let child = std::process::Command::new(testkit::kvnode_bin())
+        .arg("--cluster")
+        .arg(&cluster)
+        .args(["--id", "0", "--snapshot-every", "50"])
+        .arg("--data-dir")
+        .arg(disk.0.path().join("data"))
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let mut node = ChildGuard::new("node 0", child, &log_path);
+    let http = reqwest::blocking::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{}", ports[0], path);
+    poll(
+        Duration::from_secs(30),
+        "the one-node cluster to accept writes",
+        || {
+            let r = http
+                .post(url("/keys/first"))
+                .body(r#"{"type":"PUT","value":1}"#)
+                .send()
+                .ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    );
+    // Half-megabyte values until the disk is full: the node must then stop, not go on
+    // answering from a state it can no longer make durable.
+    let big = format!(r#"{{"type":"PUT","value":"{}"}}"#, "x".repeat(512 * 1024));
+    let mut acknowledged = 0;
+    let status = poll(
+        Duration::from_secs(120),
+        "the node to exit on a full disk",
+        || {
+            if let Some(status) = node.child.try_wait().ok().flatten() {
+                return Some(status);
+            }
+            let key = format!("/keys/big{acknowledged}");
+            if let Ok(r) = http.post(url(&key)).body(big.clone()).send() {
+                if r.status().as_u16() == 200 {
+                    acknowledged += 1;
+                }
+            }
+            None
+        },
+    );
+    assert!(
+        acknowledged > 10,
+        "the disk filled up too early ({acknowledged} writes)"
+    );
+    assert_eq!(status.code(), Some(1), "a fatal storage error exits with 1");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        log.contains("No space left on device") || log.contains("os error 28"),
+        "the node says why it stopped:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    assert!(
+        http.get(url("/admin/status")).send().is_err(),
+        "nothing answers after the node stopped"
     );
 }

@@ -19,7 +19,9 @@ fn identity() -> Identity {
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = DataDir::open(dir.path(), &identity()).expect("open data dir");
         Ok((dir, data.log, data.sm))
@@ -105,7 +107,11 @@ fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() 
     let dir = tempfile::tempdir().expect("tmp");
     let applied_id = rt().block_on(async {
         let mut data = DataDir::open(dir.path(), &identity()).expect("open");
-        apply(&mut data.sm, (1..=5).map(|i| entry(1, i, "k", json!(i))).collect()).await;
+        apply(
+            &mut data.sm,
+            (1..=5).map(|i| entry(1, i, "k", json!(i))).collect(),
+        )
+        .await;
         let snap = data.sm.build_snapshot().await.expect("snapshot");
         snap.meta.last_log_id
     });
@@ -132,9 +138,16 @@ fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() 
         let received = fresh.sm.receive_path();
         std::fs::copy(&snap.snapshot.path, &received).expect("copy");
         let file = kvnode::store::snapshot::SnapshotFile::open(&received).expect("open");
-        fresh.sm.install_snapshot(&snap.meta, file).await.expect("install");
+        fresh
+            .sm
+            .install_snapshot(&snap.meta, file)
+            .await
+            .expect("install");
         assert_eq!(value(&fresh.sm, "k"), Some(json!([1, 2, 3, 4, 5, 6])));
-        assert!(!received.exists(), "the received file was published under its final name");
+        assert!(
+            !received.exists(),
+            "the received file was published under its final name"
+        );
         let current = fresh.sm.get_current_snapshot().await.expect("read").expect("one");
         assert_eq!(current.meta, snap.meta);
     });

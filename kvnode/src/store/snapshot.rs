@@ -304,14 +304,7 @@ pub fn read_from(file: File, path: &Path) -> Result<(SnapshotMeta, KvState), Sna
         let key = IdemKey(u128::from_le_bytes(r.array()?));
         let fingerprint = r.u64()?;
         let outcome = decode_outcome(&r.array()?).ok_or_else(|| r.corrupt("an outcome is not valid"))?;
-        records.push((
-            expires,
-            key,
-            IdemRecord {
-                fingerprint,
-                outcome,
-            },
-        ));
+        records.push((expires, key, IdemRecord { fingerprint, outcome }));
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -570,7 +563,10 @@ mod tests {
         assert_ne!(t5, t9, "temporary names are unique");
         assert!(snaps.publish(&at(5), &t5).expect("publish").is_some());
         assert!(snaps.publish(&at(9), &t9).expect("publish").is_some());
-        assert!(snaps.publish(&at(7), &t7).expect("publish").is_none(), "older loses");
+        assert!(
+            snaps.publish(&at(7), &t7).expect("publish").is_none(),
+            "older loses"
+        );
         assert!(!t7.exists());
         let listed = snaps.list().expect("list");
         assert_eq!(listed.len(), 1, "older files are removed");
