@@ -43,6 +43,7 @@ pub mod client_api;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod idem;
 pub mod node;
 pub mod peer_api;
 pub mod peer_client;

@@ -8,8 +8,8 @@
 //! # Exactly once
 //!
 //! A write may carry an idempotency key, a UUIDv7 chosen by the client and reused on every
-//! retry. The table remembers, per key, a fingerprint of the write it named and the outcome it
-//! got: 40 bytes or so, whatever the write's size. The check happens here, while applying, and
+//! retry. The table (see `idem`) remembers, per key, a fingerprint of the write it named and
+//! the outcome it got: 40 bytes, whatever the write's size. The check happens here, while applying, and
 //! not when the write is proposed: two copies of the same write may both be in the log (the
 //! client retried after a leader change), and only apply sees them in their final order.
 //!
@@ -44,7 +44,8 @@
 
 use serde_json::Value;
 
-use crate::types::{Batch, BatchResult, Command, IdemKey, JsonType, LogIndex, Op, OpOutcome, OpReply};
+use crate::idem::{IdemRecord, IdemTable, Segment};
+use crate::types::{Batch, BatchResult, Command, JsonType, LogIndex, Op, OpOutcome, OpReply};
 
 /// How long (in log time) an idempotency record is kept after it was made.
 pub const IDEMPOTENCY_TTL_MS: u64 = 10 * 60 * 1000;
@@ -64,15 +65,6 @@ pub struct Stored {
     pub mod_index: LogIndex,
     /// Number of changes since it was created (1 after the creating write).
     pub version: u64,
-}
-
-/// One remembered idempotent write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdemRecord {
-    /// What the write did (see [`fingerprint`]): a reused key is told from a retry by it.
-    pub fingerprint: u64,
-    /// The outcome to answer retries with.
-    pub outcome: OpOutcome,
 }
 
 /// Log time, derived from the leaders' stamps (see the module documentation).
@@ -97,11 +89,7 @@ impl LogClock {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KvState {
     data: imbl::OrdMap<String, Stored>,
-    records: imbl::HashMap<IdemKey, IdemRecord>,
-    /// Records in the order they were made, with the log time at which each expires.
-    expiry: imbl::Vector<(u64, IdemKey)>,
-    /// The newest key time among forgotten records; see the module documentation.
-    horizon_ms: u64,
+    idem: IdemTable,
     clock: LogClock,
 }
 
@@ -118,7 +106,7 @@ impl KvState {
     /// Apply one batch that sits at log index `index`; one reply per operation.
     pub fn apply_batch(&mut self, index: LogIndex, batch: &Batch) -> BatchResult {
         self.clock.observe(batch.ts_ms);
-        self.expire_records();
+        self.idem.expire(self.clock.now_ms, IDEMPOTENCY_TTL_MS);
         let replies = batch
             .ops
             .iter()
@@ -135,7 +123,7 @@ impl KvState {
             };
         };
         let fingerprint = fingerprint(op);
-        if let Some(record) = self.records.get(&idem) {
+        if let Some(record) = self.idem.get(&idem) {
             let outcome = if record.fingerprint == fingerprint {
                 record.outcome
             } else {
@@ -146,7 +134,7 @@ impl KvState {
                 replayed: true,
             };
         }
-        let refusal = if idem.time_ms() <= self.horizon_ms {
+        let refusal = if idem.time_ms() <= self.idem.horizon_ms() {
             Some(OpOutcome::IdempotencyKeyExpired)
         } else if idem.time_ms() > stamp_ms.saturating_add(MAX_KEY_FUTURE_MS) {
             Some(OpOutcome::IdempotencyKeyFromFuture)
@@ -160,9 +148,8 @@ impl KvState {
             };
         }
         let outcome = self.mutate(index, op);
-        self.records.insert(idem, IdemRecord { fingerprint, outcome });
-        self.expiry
-            .push_back((self.clock.now_ms + IDEMPOTENCY_TTL_MS, idem));
+        self.idem
+            .insert(self.clock.now_ms, idem, IdemRecord { fingerprint, outcome });
         OpReply {
             outcome,
             replayed: false,
@@ -223,18 +210,6 @@ impl KvState {
         }
     }
 
-    fn expire_records(&mut self) {
-        while let Some((expires, _)) = self.expiry.front() {
-            if *expires > self.clock.now_ms {
-                break;
-            }
-            if let Some((_, key)) = self.expiry.pop_front() {
-                self.records.remove(&key);
-                self.horizon_ms = self.horizon_ms.max(key.time_ms());
-            }
-        }
-    }
-
     /// The value of `key` with its versions.
     pub fn get(&self, key: &str) -> Option<&Stored> {
         self.data.get(key)
@@ -264,7 +239,7 @@ impl KvState {
 
     /// Number of remembered idempotency keys.
     pub fn records(&self) -> usize {
-        self.records.len()
+        self.idem.len()
     }
 
     /// Every key with its value, in key order (for snapshots).
@@ -272,39 +247,31 @@ impl KvState {
         self.data.iter()
     }
 
-    /// Every idempotency record with its expiry time, oldest first (for snapshots).
-    pub fn idempotency_records(&self) -> impl Iterator<Item = (u64, IdemKey, IdemRecord)> + '_ {
-        self.expiry
-            .iter()
-            .filter_map(|(expires, key)| self.records.get(key).map(|r| (*expires, *key, *r)))
+    /// The idempotency table's segments, oldest first (for snapshots).
+    pub fn idempotency_segments(&self) -> impl Iterator<Item = &Segment> {
+        self.idem.segments()
     }
 
     /// Clock and horizon (for snapshots).
     pub fn meta(&self) -> StateMeta {
         StateMeta {
             clock: self.clock,
-            horizon_ms: self.horizon_ms,
+            horizon_ms: self.idem.horizon_ms(),
         }
     }
 
     /// Rebuild a state from what [`entries`](Self::entries),
-    /// [`idempotency_records`](Self::idempotency_records) and [`meta`](Self::meta) gave.
+    /// [`idempotency_segments`](Self::idempotency_segments) and [`meta`](Self::meta) gave.
     pub fn from_parts(
         entries: impl IntoIterator<Item = (String, Stored)>,
-        records: impl IntoIterator<Item = (u64, IdemKey, IdemRecord)>,
+        segments: Vec<Segment>,
         meta: StateMeta,
     ) -> KvState {
-        let mut state = KvState {
+        KvState {
             data: entries.into_iter().collect(),
+            idem: IdemTable::from_parts(segments, meta.horizon_ms),
             clock: meta.clock,
-            horizon_ms: meta.horizon_ms,
-            ..KvState::default()
-        };
-        for (expires, key, record) in records {
-            state.records.insert(key, record);
-            state.expiry.push_back((expires, key));
         }
-        state
     }
 }
 
@@ -366,6 +333,7 @@ impl std::io::Write for FnvWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::IdemKey;
     use serde_json::json;
 
     /// A UUIDv7 created at `ms` with a distinguishing tail.
@@ -599,7 +567,7 @@ mod tests {
         );
         let back = KvState::from_parts(
             s.entries().map(|(k, v)| (k.clone(), v.clone())),
-            s.idempotency_records(),
+            s.idempotency_segments().cloned().collect(),
             s.meta(),
         );
         assert_eq!(back, s);

@@ -4,9 +4,11 @@
 //! ```text
 //! "KVSNAP2\n"
 //! u32 header length, header (MessagePack: snapshot meta, log time, counts)
-//! per key:    u32 key length, key, u64 create index, u64 mod index, u64 version,
-//!             u32 value length, value as JSON text
-//! per record: u64 expiry (log time), u128 idempotency key, u64 fingerprint, outcome (11 bytes)
+//! per key:     u32 key length, key, u64 create index, u64 mod index, u64 version,
+//!              u32 value length, value as JSON text
+//! per segment of the idempotency table (the last one is the active segment):
+//!              u64 first, u64 last (log time), u64 newest key time, u64 record count, then
+//!              per record: u128 idempotency key, u64 fingerprint, outcome (11 bytes)
 //! u32 CRC-32 of every byte before it
 //! ```
 //!
@@ -26,7 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{IdemRecord, KvState, LogClock, StateMeta, Stored};
+use crate::idem::{IdemRecord, Segment};
+use crate::state::{KvState, LogClock, StateMeta, Stored};
 use crate::types::{IdemKey, JsonType, LogId, OpOutcome, SnapshotMeta};
 
 const MAGIC: &[u8] = b"KVSNAP2\n";
@@ -72,7 +75,7 @@ struct Header {
     clock_last_stamp_ms: u64,
     horizon_ms: u64,
     keys: u64,
-    records: u64,
+    segments: u64,
 }
 
 /// A snapshot file opened for reading or sending: the snapshot data openraft moves around.
@@ -237,7 +240,7 @@ fn write_body(w: &mut impl Write, meta: &SnapshotMeta, state: &KvState) -> std::
         clock_last_stamp_ms: clock.last_stamp_ms,
         horizon_ms,
         keys: state.len() as u64,
-        records: state.records() as u64,
+        segments: state.idempotency_segments().count() as u64,
     };
     let header = rmp_serde::to_vec_named(&header)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -256,11 +259,16 @@ fn write_body(w: &mut impl Write, meta: &SnapshotMeta, state: &KvState) -> std::
         w.write_all(&(value.len() as u32).to_le_bytes())?;
         w.write_all(&value)?;
     }
-    for (expires, key, record) in state.idempotency_records() {
-        w.write_all(&expires.to_le_bytes())?;
-        w.write_all(&key.0.to_le_bytes())?;
-        w.write_all(&record.fingerprint.to_le_bytes())?;
-        w.write_all(&encode_outcome(record.outcome))?;
+    for segment in state.idempotency_segments() {
+        w.write_all(&segment.first_ms.to_le_bytes())?;
+        w.write_all(&segment.last_ms.to_le_bytes())?;
+        w.write_all(&segment.newest_key_ms.to_le_bytes())?;
+        w.write_all(&(segment.len() as u64).to_le_bytes())?;
+        for (key, record) in segment.records() {
+            w.write_all(&key.0.to_le_bytes())?;
+            w.write_all(&record.fingerprint.to_le_bytes())?;
+            w.write_all(&encode_outcome(record.outcome))?;
+        }
     }
     Ok(())
 }
@@ -298,13 +306,20 @@ pub fn read_from(file: File, path: &Path) -> Result<(SnapshotMeta, KvState), Sna
             },
         ));
     }
-    let mut records = Vec::with_capacity(header.records.min(1 << 24) as usize);
-    for _ in 0..header.records {
-        let expires = r.u64()?;
-        let key = IdemKey(u128::from_le_bytes(r.array()?));
-        let fingerprint = r.u64()?;
-        let outcome = decode_outcome(&r.array()?).ok_or_else(|| r.corrupt("an outcome is not valid"))?;
-        records.push((expires, key, IdemRecord { fingerprint, outcome }));
+    let mut segments = Vec::with_capacity(header.segments.min(1 << 16) as usize);
+    for _ in 0..header.segments {
+        let first_ms = r.u64()?;
+        let last_ms = r.u64()?;
+        let newest_key_ms = r.u64()?;
+        let count = r.u64()?;
+        let mut records = Vec::with_capacity(count.min(1 << 20) as usize);
+        for _ in 0..count {
+            let key = IdemKey(u128::from_le_bytes(r.array()?));
+            let fingerprint = r.u64()?;
+            let outcome = decode_outcome(&r.array()?).ok_or_else(|| r.corrupt("an outcome is not valid"))?;
+            records.push((key, IdemRecord { fingerprint, outcome }));
+        }
+        segments.push(Segment::from_parts(first_ms, last_ms, newest_key_ms, records));
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -325,7 +340,7 @@ pub fn read_from(file: File, path: &Path) -> Result<(SnapshotMeta, KvState), Sna
         },
         horizon_ms: header.horizon_ms,
     };
-    Ok((header.meta, KvState::from_parts(entries, records, meta)))
+    Ok((header.meta, KvState::from_parts(entries, segments, meta)))
 }
 
 fn encode_outcome(o: OpOutcome) -> [u8; 11] {
