@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -130,7 +131,7 @@ pub async fn run(
     let mut peer_stop = stop_rx.clone();
     let peer_router = crate::peer_api::router(node.clone());
     let peer_server = tokio::spawn(async move {
-        axum::serve(raft_listener, peer_router)
+        axum::serve(raft_listener.tap_io(no_delay), peer_router)
             .with_graceful_shutdown(async move {
                 let _ = peer_stop.wait_for(|s| *s).await;
             })
@@ -142,7 +143,7 @@ pub async fn run(
             _ = fatal_rx.wait_for(|f| f.is_some()) => {}
         }
     };
-    let client_result = axum::serve(http_listener, crate::client_api::router(node.clone()))
+    let client_result = axum::serve(http_listener.tap_io(no_delay), crate::client_api::router(node.clone()))
         .with_graceful_shutdown(stop_serving)
         .await;
     let fatal = fatal_error(&node);
@@ -157,6 +158,11 @@ pub async fn run(
         return Err(RunError::Fatal(reason));
     }
     client_result.map_err(RunError::Serve)
+}
+
+/// Answers are small and latency is what matters: send each segment at once.
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }
 
 /// The fatal error Raft stopped with, if it did.
