@@ -46,7 +46,6 @@ pub fn connect(
 ) -> Result<Client, kvctl::ClientError> {
     let mut client_config = ClientConfig::new(endpoints.to_vec());
     client_config.timeout = timeout;
-    client_config.attempt_timeout = client_config.attempt_timeout.min(timeout);
     client_config.consistency = consistency;
     Client::new(client_config)
 }
@@ -91,17 +90,8 @@ pub async fn execute(client: &Client, config: Config, pretty: bool) -> anyhow::R
         Action::Status { watch: None } => {
             let survey = Survey::from_reports(&client.node_statuses().await);
             render(|w| output::status(w, style, &survey))?;
-            if !survey.quorum {
-                let counts = format!(
-                    "{} of {} voters answer, {} needed",
-                    survey.answering, survey.voters, survey.quorum_size
-                );
-                return Err(NoQuorum(if survey.leader.is_none() {
-                    format!("no leader ({counts})")
-                } else {
-                    format!("no quorum ({counts})")
-                })
-                .into());
+            if let Some(reason) = survey.unavailable_reason() {
+                return Err(NoQuorum(reason).into());
             }
         }
         Action::Status { watch: Some(every) } => watch(client, style, every).await?,
