@@ -157,7 +157,7 @@ fn bad_input_gives_a_clear_error_and_the_documented_exit_code() {
     }
     // A cluster file that was named must exist.
     let mut cmd = command(&["get", "k"]);
-    cmd.current_dir(&dir).env("KVCTL_CLUSTER", &missing);
+    cmd.current_dir(&dir).env("KVCTL_CLUSTER", missing);
     let out = cmd.output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("from $KVCTL_CLUSTER"));
