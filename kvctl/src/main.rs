@@ -94,10 +94,7 @@ fn report(error: &anyhow::Error, errors: &Errors) -> Exit {
     } else {
         Exit::Other
     };
-    let mut message = format!("{error:#}");
-    if let (Exit::Unavailable, Some(hint)) = (exit, &errors.unavailable_hint) {
-        message.push_str(hint);
-    }
+    let message = message_of(error, exit, errors);
     let code = match (client_error, exit) {
         (Some(e), _) => e.code(),
         (None, Exit::Usage) => "usage".into(),
@@ -110,6 +107,19 @@ fn report(error: &anyhow::Error, errors: &Errors) -> Exit {
     };
     print_error(errors.json, &code, &message, idempotency_key);
     exit
+}
+
+/// The whole chain of `error`, with the hint for an unavailable cluster when nobody answered:
+/// a cluster that answers without a quorum is running, and telling its operator to start it
+/// would send them the wrong way.
+fn message_of(error: &anyhow::Error, exit: Exit, errors: &Errors) -> String {
+    let mut message = format!("{error:#}");
+    if let (Exit::Unavailable, Some(hint)) = (exit, &errors.unavailable_hint) {
+        if message.contains("no node answered") {
+            message.push_str(hint);
+        }
+    }
+    message
 }
 
 /// Print one error to stderr: `kvctl: MESSAGE`, or for programs
@@ -243,6 +253,25 @@ mod tests {
         assert_eq!(report(&no_quorum, &errors), Exit::Unavailable);
         let other = anyhow::anyhow!("something else");
         assert_eq!(report(&other, &errors), Exit::Other);
+    }
+
+    #[test]
+    fn the_default_cluster_hint_comes_only_when_nobody_answered() {
+        let errors = Errors {
+            json: false,
+            unavailable_hint: Some("; HINT".into()),
+        };
+        let unavailable = |reason: &str| {
+            anyhow::Error::from(ClientError::Unavailable {
+                reason: reason.into(),
+                waited: std::time::Duration::from_secs(1),
+            })
+        };
+        let silent = unavailable("no node answered (127.0.0.1:8080: connection refused)");
+        assert!(message_of(&silent, Exit::Unavailable, &errors).ends_with("; HINT"));
+        let no_quorum = unavailable("node 0 claims to lead term 1, but only 1 of 3 voters answer");
+        assert!(!message_of(&no_quorum, Exit::Unavailable, &errors).contains("HINT"));
+        assert!(!message_of(&silent, Exit::Unavailable, &Errors::default()).contains("HINT"));
     }
 
     #[test]
