@@ -129,6 +129,8 @@ pub fn kvctl_client(nodes: &[NodeEndpoint], timeout: Duration) -> Result<Client,
     let mut config = ClientConfig::new(endpoints);
     config.timeout = timeout;
     config.attempt_timeout = Duration::from_millis(1500).min(timeout);
+    // A paused node must not hold discovery longer than an attempt.
+    config.probe_timeout = config.attempt_timeout;
     Client::new(config).map_err(|e| WorkloadError::Setup(e.to_string()))
 }
 

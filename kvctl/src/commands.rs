@@ -6,7 +6,9 @@
 //!
 //! `status` reports every node and exits 0 while the cluster has a quorum, whatever individual
 //! nodes do. Without a leader or a quorum it still prints the full table, then exits 3
-//! (unavailable), so monitoring scripts can use the exit code alone.
+//! (unavailable), so monitoring scripts can use the exit code alone. `leader` prints a leader
+//! only when a majority of the voters follow it (see [`kvctl::survey`]); a node that merely
+//! claims to lead is an error with exit code 3.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
