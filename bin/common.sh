@@ -2,7 +2,7 @@
 #
 # Every script builds with the same command, `cargo build --release -p kvnode -p kvctl`, so
 # cargo resolves the same features for the same packages and a second script never compiles
-# the dependencies again. The build shows cargo's progress: a first build compiles about 300
+# the dependencies again. The build shows cargo's progress: a first build compiles about 180
 # crates and takes minutes on a small machine.
 #
 # Environment (all optional):

@@ -4,7 +4,8 @@
 //! holds cargo and the system's programs but no kvctl or kvnode, the test runs the lines of the
 //! README's quick-start block exactly as written (it builds the release binaries and starts
 //! the cluster of `bin/cluster.toml`), then every `$ ` line of the example in "kvctl, the
-//! client", and compares each command's output with the output the README shows. Numbers and
+//! client", and compares each command's output with the output the README shows (for the
+//! quick start, in the console block under it). Numbers and
 //! response times may differ between runs (an election on a loaded machine moves every log
 //! index), so they are compared by shape; every word must match.
 //!
@@ -253,6 +254,8 @@ fn the_readme_quick_start_and_kvctl_examples_work_as_written() {
             && quick_start.iter().any(|l| l.starts_with("export PATH=")),
         "the quick start starts the cluster and puts kvctl on the PATH: {quick_start:?}"
     );
+    // The output the quick start shows for its own commands.
+    let shown = examples(&block_after(&readme, "## Quick start", "console"));
     let examples = examples(&block_after(&readme, "## kvctl, the client", "console"));
     assert!(examples.len() >= 8, "{examples:?}");
     check_ports();
@@ -360,24 +363,36 @@ fn the_readme_quick_start_and_kvctl_examples_work_as_written() {
         "{found:?}"
     );
 
+    for example in &shown {
+        let i = quick_start
+            .iter()
+            .position(|l| *l == example.command)
+            .unwrap_or_else(|| panic!("the quick start shows {:?} but does not run it", example.command));
+        compare(example, &run.outputs[1 + i].0);
+    }
     let first = 2 + quick_start.len();
     for (i, example) in examples.iter().enumerate() {
-        let (output, _) = &run.outputs[first + i];
-        let output: Vec<&String> = output.iter().filter(|l| !l.is_empty()).collect();
-        let expected: Vec<&String> = example.output.iter().filter(|l| !l.is_empty()).collect();
-        assert_eq!(
-            output.len(),
-            expected.len(),
-            "`{}` printed {output:#?}\nbut the README shows {expected:#?}",
+        compare(example, &run.outputs[first + i].0);
+    }
+}
+
+/// Assert that `output` has the shape of the output the README shows for `example`.
+#[track_caller]
+fn compare(example: &Example, output: &[String]) {
+    let output: Vec<&String> = output.iter().filter(|l| !l.is_empty()).collect();
+    let expected: Vec<&String> = example.output.iter().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        output.len(),
+        expected.len(),
+        "`{}` printed {output:#?}\nbut the README shows {expected:#?}",
+        example.command
+    );
+    for (got, want) in output.iter().zip(&expected) {
+        assert!(
+            shape(want).is_match(got.trim_end()),
+            "`{}`: the README shows\n  {want}\nbut it printed\n  {got}",
             example.command
         );
-        for (got, want) in output.iter().zip(&expected) {
-            assert!(
-                shape(want).is_match(got.trim_end()),
-                "`{}`: the README shows\n  {want}\nbut it printed\n  {got}",
-                example.command
-            );
-        }
     }
 }
 
