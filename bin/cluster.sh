@@ -85,7 +85,7 @@ start() {
                 echo "node $id exited; the end of $RUN_DIR/node$id.log:" >&2
                 tail -n 5 "$RUN_DIR/node$id.log" >&2
                 rm -f "$RUN_DIR/node$id.pid"
-                die "node $id did not start"
+                die "node $id did not start; the nodes that did keep running (bin/cluster.sh stop stops them)"
             fi
         done < <(nodes)
         if [[ -z "$leader" ]]; then
