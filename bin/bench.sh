@@ -7,16 +7,13 @@
 # The cluster is bin/cluster.toml (or $KV_CLUSTER), started in a temporary run directory with
 # empty data and stopped afterwards. Each run's JSON report is kept in that directory.
 set -euo pipefail
-BIN_DIR="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BIN_DIR/.." && pwd)"
+source "$(dirname "$0")/common.sh"
 RUNS=3
 if [[ "${1:-}" == "-n" ]]; then RUNS="$2"; shift 2; fi
-CLUSTER="${KV_CLUSTER:-$BIN_DIR/cluster.toml}"
 export KV_RUN_DIR="${KV_RUN_DIR:-$(mktemp -d /tmp/kvbench.XXXXXX)}"
 export KV_CLUSTER="$CLUSTER"
 trap '"$BIN_DIR/cluster.sh" stop >/dev/null 2>&1 || true' EXIT
 "$BIN_DIR/cluster.sh" start >/dev/null
-KVCTL="$ROOT/target/release/kvctl"
 
 field() { grep -m1 "\"$1\":" "$2" | sed 's/.*: *\([0-9.eE+-]*\).*/\1/'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

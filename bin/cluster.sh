@@ -1,27 +1,20 @@
 #!/usr/bin/env bash
 # Run a whole local kvnode cluster in the background.
 #
-#   bin/cluster.sh start    build release binaries if missing or stale, start every node of the
-#                           cluster file, wait for a leader, print where everything is
+#   bin/cluster.sh start    build kvnode and kvctl (release) if missing or stale, start every node
+#                           of the cluster file that is not already running, wait for a leader,
+#                           and print how to put kvctl on the PATH. Run it again after a node
+#                           died: it starts only the missing ones.
 #   bin/cluster.sh stop     stop the nodes started here (SIGTERM, then SIGKILL after 10 s)
-#   bin/cluster.sh status   which nodes run, and each node's role as it reports it
+#   bin/cluster.sh status   each node of the cluster file as it answers, and which ones this
+#                           script did not start (e.g. bin/create_server*.sh in a terminal)
 #
-# Environment:
-#   KV_CLUSTER   cluster file            (default: bin/cluster.toml)
-#   KV_RUN_DIR   logs, pid files, data   (default: bin/run)
-#   KV_NO_BUILD  set to 1 to skip the release build (when the caller has just built)
-#
-# Nodes are stopped by the pids recorded at start, never by process name, so other kvnode
-# processes on the machine are left alone.
+# The nodes keep their data in bin/run/data/node<ID>, as bin/create_server*.sh do: both ways
+# start the same cluster. Logs and pid files are in bin/run. Nodes are stopped by the pids
+# recorded at start, never by process name, so other kvnode processes are left alone.
+# Environment: see bin/common.sh (KV_CLUSTER, KV_RUN_DIR, KV_BIN_DIR, KV_NO_BUILD).
 set -euo pipefail
-
-BIN_DIR="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BIN_DIR/.." && pwd)"
-CLUSTER="${KV_CLUSTER:-$BIN_DIR/cluster.toml}"
-RUN_DIR="${KV_RUN_DIR:-$BIN_DIR/run}"
-KVNODE="$ROOT/target/release/kvnode"
-
-die() { echo "cluster.sh: $*" >&2; exit 1; }
+source "$(dirname "$0")/common.sh"
 
 [[ -f "$CLUSTER" ]] || die "cluster file $CLUSTER not found"
 
@@ -41,7 +34,7 @@ is_kvnode() {
 }
 
 role_of() {
-    # Prints "role term leader" as the node reports it, or "down".
+    # Prints "role term=T leader=L" as the node at $1 reports it, or "down".
     local out
     if out=$(curl -s --max-time 1 "http://$1/admin/status" 2>/dev/null) && [[ -n "$out" ]]; then
         local role term leader
@@ -56,10 +49,7 @@ role_of() {
 
 start() {
     command -v curl >/dev/null || die "curl is needed to wait for the leader (apt-get install curl)"
-    if [[ "${KV_NO_BUILD:-0}" != 1 ]]; then
-        echo "building release binaries (cargo skips this when they are up to date)..."
-        (cd "$ROOT" && cargo build --release --quiet -p kvnode -p kvctl) || die "build failed"
-    fi
+    build
     [[ -x "$KVNODE" ]] || die "$KVNODE is missing; run without KV_NO_BUILD=1 to build it"
     mkdir -p "$RUN_DIR"
     while read -r id http; do
@@ -69,15 +59,34 @@ start() {
             echo "node $id already running (pid $pid)"
             continue
         fi
-        nohup "$KVNODE" --cluster "$CLUSTER" --id "$id" --data-dir "$RUN_DIR/data/node$id" \
+        case "$(role_of "$http")" in
+            down) ;;
+            unknown*) die "something that is not kvnode answers at $http; stop it, or use another cluster file (KV_CLUSTER)" ;;
+            *)
+                echo "node $id already answers at $http (not started by cluster.sh; left alone)"
+                continue
+                ;;
+        esac
+        nohup "$KVNODE" --cluster "$CLUSTER" --id "$id" --data-dir "$(data_dir "$id")" \
             >>"$RUN_DIR/node$id.log" 2>&1 &
         echo $! > "$RUN_DIR/node$id.pid"
+        echo "node $id starting at $http (pid $!, log $RUN_DIR/node$id.log)"
     done < <(nodes)
 
     local deadline=$((SECONDS + 30)) leader=""
     while [[ -z "$leader" ]]; do
         while read -r id http; do
             if [[ "$(role_of "$http")" == leader* ]]; then leader="$id $http"; fi
+            # A node that exits at once (its port taken, its data directory refused) says why
+            # in its log; show that now rather than after 30 s.
+            local pid
+            pid=$(pid_of "$id")
+            if [[ -n "$pid" ]] && ! is_kvnode "$pid"; then
+                echo "node $id exited; the end of $RUN_DIR/node$id.log:" >&2
+                tail -n 5 "$RUN_DIR/node$id.log" >&2
+                rm -f "$RUN_DIR/node$id.pid"
+                die "node $id did not start; the nodes that did keep running (bin/cluster.sh stop stops them)"
+            fi
         done < <(nodes)
         if [[ -z "$leader" ]]; then
             (( SECONDS < deadline )) || { status; die "no leader after 30 s; see the logs in $RUN_DIR"; }
@@ -90,10 +99,14 @@ start() {
     echo "leader: node ${leader% *} at http://${leader#* }"
     echo "logs and data: $RUN_DIR"
     echo
-    echo "try:"
-    echo "  curl -X POST localhost:8080/keys/a -d '{\"type\":\"PUT\",\"value\":[\"cat\",\"dog\"]}'"
-    echo "  target/release/kvctl --cluster $CLUSTER get a"
-    echo "  bin/cluster.sh stop"
+    echo "kvctl and kvnode are in $KV_BIN_DIR; to use them from this shell, paste:"
+    echo
+    echo "  export PATH=\"$KV_BIN_DIR:\$PATH\""
+    if [[ "$CLUSTER" != "$BIN_DIR/cluster.toml" ]]; then
+        echo "  export KVCTL_CLUSTER=\"$CLUSTER\""
+    fi
+    echo
+    echo "then try:  kvctl status    (and bin/cluster.sh stop to stop the nodes)"
 }
 
 stop() {
@@ -111,10 +124,12 @@ stop() {
                 kill -KILL "$pid" 2>/dev/null || true
             fi
             echo "node $id stopped (pid $pid)"
+        elif [[ "$(role_of "$http")" != down ]]; then
+            echo "node $id at $http was not started by cluster.sh; stop it where it runs (Ctrl-C in its terminal)"
         fi
         rm -f "$RUN_DIR/node$id.pid"
     done < <(nodes)
-    (( any )) || echo "no nodes were running"
+    (( any )) || echo "no nodes started by cluster.sh were running"
 }
 
 status() {
@@ -122,7 +137,13 @@ status() {
     while read -r id http; do
         local pid state
         pid=$(pid_of "$id")
-        if is_kvnode "$pid"; then state=$(role_of "$http"); else pid="-"; state="stopped"; fi
+        state=$(role_of "$http")
+        if is_kvnode "$pid"; then
+            [[ "$state" != down ]] || state="running, not answering yet"
+        else
+            pid="-"
+            [[ "$state" == down ]] || state="$state (not started by cluster.sh)"
+        fi
         printf '%-4s %-22s %-8s %s\n' "$id" "$http" "$pid" "$state"
     done < <(nodes)
 }

@@ -1,5 +1,7 @@
 @echo off
 rem Start node 2 of the local cluster described by bin\cluster.toml, in the foreground.
+rem Its data lives in bin\run\data\node2, where bin/cluster.sh keeps it too. The build is the
+rem one every script runs, so a second script never compiles the dependencies again.
 cd /d "%~dp0"
-cargo build --release --quiet -p kvnode || exit /b 1
-..\target\release\kvnode.exe --cluster cluster.toml --id 2 --data-dir data\node2 %*
+cargo build --release -p kvnode -p kvctl || exit /b 1
+..\target\release\kvnode.exe --cluster cluster.toml --id 2 --data-dir run\data\node2 %*

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Start node 2 of the local cluster described by bin/cluster.toml, in the foreground.
-# Run create_server0.sh, create_server1.sh and create_server2.sh in three terminals.
+# Start node 2 of the local cluster described by bin/cluster.toml, in the foreground (Ctrl-C
+# stops it). Run create_server0.sh, create_server1.sh and create_server2.sh in three terminals.
+# Its data lives in bin/run/data/node2, where bin/cluster.sh keeps it too: both start the same
+# cluster. The environment of bin/common.sh applies (KV_CLUSTER, KV_RUN_DIR, ...).
 set -euo pipefail
-cd "$(dirname "$0")"
-cargo build --release --quiet -p kvnode
-exec ../target/release/kvnode --cluster cluster.toml --id 2 --data-dir data/node2 "$@"
+source "$(dirname "$0")/common.sh"
+build
+[[ -x "$KVNODE" ]] || die "$KVNODE is missing; run without KV_NO_BUILD=1 to build it"
+exec "$KVNODE" --cluster "$CLUSTER" --id 2 --data-dir "$(data_dir 2)" "$@"

@@ -29,8 +29,7 @@
 # under $EVAL_OUT and is stopped when its part is done, also when the script is interrupted.
 set -euo pipefail
 
-BIN_DIR="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$BIN_DIR/.." && pwd)"
+source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 RUNS="${EVAL_RUNS:-3}"
@@ -44,10 +43,7 @@ OUT="${EVAL_OUT:-$ROOT/target/eval}"
 IMAGES="${EVAL_IMAGES:-$ROOT/images}"
 DOCS="${EVAL_DOCS-$ROOT/docs/eval}"
 
-KVCTL="$ROOT/target/release/kvctl"
-KVEVAL="$ROOT/target/release/kveval"
-# The binaries are built once, below; the cluster script need not build them each time.
-export KV_NO_BUILD=1
+KVEVAL="$TARGET_DIR/release/kveval"
 # Ports of the evaluation's clusters: away from bin/cluster.toml's, so a running local
 # cluster is left alone.
 KV_HTTP_BASE=18080
@@ -55,7 +51,6 @@ KV_RAFT_BASE=16000
 ETCD_BASE=12379
 
 say() { printf '\n== %s\n' "$*"; }
-die() { echo "evaluate.sh: $*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 
 CURRENT_STOP=""
@@ -65,7 +60,13 @@ trap 'exit 130' INT TERM
 
 command -v curl >/dev/null || die "curl is needed (apt-get install curl)"
 say "building release binaries"
-cargo build --release --quiet -p kvnode -p kvctl -p kveval || die "build failed"
+# kvnode and kvctl with the build every script runs; kveval on its own, since building the
+# three together could resolve other features for shared dependencies and make the next
+# bin/cluster.sh compile them again.
+build
+cargo build --release -p kveval || die "building kveval failed"
+# The binaries are built; the cluster script need not build them each time.
+export KV_NO_BUILD=1
 
 rm -rf "$OUT"
 mkdir -p "$OUT/sweep" "$OUT/failover"
@@ -79,7 +80,7 @@ mkdir -p "$OUT/sweep" "$OUT/failover"
     dev=$(df --output=source "$OUT" | tail -1)
     echo "disk:    $dev, $(df --output=fstype "$OUT" | tail -1 | tr -d ' '), $(lsblk -dno ROTA "$dev" 2>/dev/null | sed 's/1/rotational/;s/0/non-rotational/' || echo 'type unknown')"
     echo "kernel:  $(uname -sr)"
-    echo "kvnode:  $("$ROOT/target/release/kvnode" --version 2>/dev/null || echo kvnode)"
+    echo "kvnode:  $("$KVNODE" --version 2>/dev/null || echo kvnode)"
     if command -v etcd >/dev/null; then echo "etcd:    $(etcd --version | head -1)"; fi
     echo "load:    kvctl bench on the same machine; $RUNS runs of $DURATION per point, 100-byte values, 1000 keys"
 } > "$OUT/machine.txt"

@@ -8,19 +8,24 @@
 //!   take, and it exercises exactly-once writes across leader changes.
 //! - **via a random node**: one bare HTTP attempt at a random node, which forwards to the
 //!   leader. No retries, so forwarding, 503s and lost answers show up in the history as they
-//!   are.
+//!   are. The attempt goes through kvctl's [`Transport`], the sender the client and `kvctl
+//!   bench` use.
 //!
 //! Every operation is recorded with invoke and completion times and an [`Outcome`]. The mapping
-//! from answers to outcomes is deliberately conservative, because calling an operation
-//! "failed" when it did land would be reported as a server bug: only a request that was never
-//! sent, a 4xx refusal, or a 503 whose code is `unavailable` (the server's promise that it never
-//! proposed the write) count as failed; every other non-success is unknown.
+//! from answers to outcomes must be conservative, because calling an operation "failed" when it
+//! did land would be reported as a server bug. It is kvctl's one verdict,
+//! [`kvctl::transport::fate`]: failed only when the request was never sent or kvnode itself
+//! promises that nothing changed (a 4xx refusal, `503 unavailable` or `shutting_down`); every
+//! other non-success is unknown. Every write carries a fresh UUIDv7 idempotency key, as kvctl's
+//! do, so the cluster can tell its age.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvapi::{NodeId, WriteKind};
+use kvapi::{ErrorCode, NodeId, WriteKind};
+use kvctl::client::new_idempotency_key;
+use kvctl::transport::{fate, Failure, Fate, Request, Transport};
 use kvctl::{Client, ClientConfig, ClientError, Endpoint};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -92,7 +97,7 @@ pub async fn run(
     recorder: &Recorder,
     stop: Arc<AtomicBool>,
 ) -> Result<(), WorkloadError> {
-    let bare = bare_http(config.attempt_timeout)?;
+    let bare = Transport::new(Duration::from_millis(500)).map_err(|e| WorkloadError::Setup(e.to_string()))?;
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..config.clients {
         let client = kvctl_client(nodes, config.op_timeout)?;
@@ -124,16 +129,9 @@ pub fn kvctl_client(nodes: &[NodeEndpoint], timeout: Duration) -> Result<Client,
     let mut config = ClientConfig::new(endpoints);
     config.timeout = timeout;
     config.attempt_timeout = Duration::from_millis(1500).min(timeout);
+    // A paused node must not hold discovery longer than an attempt.
+    config.probe_timeout = config.attempt_timeout;
     Client::new(config).map_err(|e| WorkloadError::Setup(e.to_string()))
-}
-
-fn bare_http(timeout: Duration) -> Result<reqwest::Client, WorkloadError> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-        .map_err(|e| WorkloadError::Setup(e.to_string()))
 }
 
 struct Worker {
@@ -141,7 +139,7 @@ struct Worker {
     config: WorkloadConfig,
     nodes: Vec<NodeEndpoint>,
     kvctl: Client,
-    bare: reqwest::Client,
+    bare: Transport,
     recorder: Recorder,
     rng: StdRng,
 }
@@ -217,7 +215,7 @@ impl Worker {
     }
 
     async fn append_via_leader(&self, key: &str, value: &str) -> Attempt {
-        let idem = idempotency_key(value);
+        let idem = new_idempotency_key();
         match self
             .kvctl
             .write(key, WriteKind::Append, Value::from(value), &idem)
@@ -244,80 +242,59 @@ impl Worker {
 
     async fn append_at(&self, node: &NodeEndpoint, key: &str, value: &str) -> Attempt {
         let body = serde_json::json!({"type": "APPEND", "value": value}).to_string();
-        let request = self
+        let request = Request {
+            method: reqwest::Method::POST,
+            path: kvctl::endpoint::key_path(key),
+            body: Some(body.into_bytes()),
+            idempotency_key: Some(new_idempotency_key()),
+        };
+        match self
             .bare
-            .post(format!("http://{}{}", node.http, kvctl::endpoint::key_path(key)))
-            .header(kvapi::IDEMPOTENCY_HEADER, idempotency_key(value))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        match request.send().await {
-            Err(e) if e.is_connect() => Attempt::not_ok(Outcome::Failed, format!("not sent: {e}")),
-            Err(e) => Attempt::not_ok(Outcome::Unknown, format!("no answer: {e}")),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body = resp.bytes().await;
-                match (status, body) {
-                    (200..=299, Ok(_)) => Attempt::ok(None),
-                    (_, Err(e)) => {
-                        Attempt::not_ok(Outcome::Unknown, format!("HTTP {status}, body lost: {e}"))
-                    }
-                    (_, Ok(bytes)) => {
-                        let code = error_code(&bytes);
-                        let what = format!("HTTP {status} {}", code.as_deref().unwrap_or("-"));
-                        match (status, code.as_deref()) {
-                            (503, Some("unavailable")) => Attempt::not_ok(Outcome::Failed, what),
-                            (400..=499, Some(_)) => Attempt::not_ok(Outcome::Failed, what),
-                            _ => Attempt::not_ok(Outcome::Unknown, what),
-                        }
-                    }
-                }
+            .send(&node.http, &request, self.config.attempt_timeout)
+            .await
+        {
+            Ok(_) => Attempt::ok(None),
+            Err(failure) => {
+                let outcome = match fate(&failure, true) {
+                    Fate::NotApplied => Outcome::Failed,
+                    Fate::MaybeApplied => Outcome::Unknown,
+                };
+                Attempt::not_ok(outcome, failure.describe())
             }
         }
     }
 
     async fn read_at(&self, node: &NodeEndpoint, key: &str) -> Attempt {
-        let mut url = format!("http://{}{}", node.http, kvctl::endpoint::key_path(key));
+        let mut path = kvctl::endpoint::key_path(key);
         if self.config.stale_random_reads {
-            url.push_str("?consistency=stale");
+            path.push_str("?consistency=stale");
         }
-        let resp = match self.bare.get(url).send().await {
-            Ok(resp) => resp,
-            Err(e) => return Attempt::not_ok(Outcome::Failed, format!("read failed: {e}")),
+        let request = Request {
+            method: reqwest::Method::GET,
+            path,
+            body: None,
+            idempotency_key: None,
         };
-        let status = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Attempt::not_ok(Outcome::Failed, format!("read body lost: {e}")),
-        };
-        match status {
-            200 => match serde_json::from_slice::<kvapi::GetResponse>(&bytes) {
+        match self
+            .bare
+            .send(&node.http, &request, self.config.attempt_timeout)
+            .await
+        {
+            Ok(reply) => match serde_json::from_slice::<kvapi::GetResponse>(&reply.body) {
                 Ok(got) => Attempt::ok(Some(got.value)),
                 // A 200 whose body is not a GetResponse is a server bug the checker should see.
                 Err(_) => Attempt {
                     outcome: Outcome::Ok,
-                    read: Some(serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
+                    read: Some(serde_json::from_slice(&reply.body).unwrap_or(Value::Null)),
                     error: Some("unparseable 200 answer".into()),
                 },
             },
-            404 if error_code(&bytes).as_deref() == Some("key_not_found") => {
-                Attempt::ok(Some(Value::Array(Vec::new())))
-            }
-            _ => Attempt::not_ok(
-                Outcome::Failed,
-                format!("HTTP {status} {}", error_code(&bytes).unwrap_or_default()),
-            ),
+            Err(Failure::Answered {
+                code: Some(ErrorCode::KeyNotFound),
+                ..
+            }) => Attempt::ok(Some(Value::Array(Vec::new()))),
+            // A read changes nothing, so a read that did not answer simply failed.
+            Err(failure) => Attempt::not_ok(Outcome::Failed, failure.describe()),
         }
     }
-}
-
-/// The idempotency key of the append of `value`: a fresh UUIDv7 per logical append (kvctl
-/// reuses it on its own retries).
-fn idempotency_key(_value: &str) -> String {
-    kvctl::client::new_idempotency_key()
-}
-
-/// The `error.code` of a standard error envelope.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    v["error"]["code"].as_str().map(str::to_owned)
 }

@@ -29,6 +29,17 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// How long the cluster remembers an idempotency key after the write it names was applied, by
+/// the clock written into the log. A retry of a write must reach the cluster within this time, or the cluster can
+/// no longer tell whether it applied the write (`422 idempotency_key_expired`).
+pub const IDEMPOTENCY_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+/// The server's default bound on waiting for a leader during an election before it answers
+/// `503 unavailable`. Clients size their per-attempt timeouts from it, so that they hear the
+/// server's own answer instead of cutting the request off first.
+pub const DEFAULT_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The server's default bound on waiting for a write to commit before it answers
+/// `504 outcome_unknown`; see [`DEFAULT_LEADER_WAIT`].
+pub const DEFAULT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest accepted key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Default limit on the size of one value (serialized JSON), in bytes.
@@ -135,11 +146,13 @@ pub enum ErrorCode {
     TypeConflict,
     /// An idempotency key was reused for a different write. (422)
     IdempotencyKeyReused,
+    /// The idempotency key is older than the cluster remembers keys for
+    /// ([`IDEMPOTENCY_RETENTION`]), so the server cannot tell whether an earlier copy of the
+    /// write was applied, and refuses to apply it again: the write's outcome is unknown. Nothing
+    /// was changed by this request. (422)
+    IdempotencyKeyExpired,
     /// The value or body is larger than the server accepts. (413)
     ValueTooLarge,
-    /// The idempotency key is older than the server's memory of idempotent writes reaches: the
-    /// write may have been applied long ago, so it was not applied now. (422)
-    IdempotencyKeyExpired,
     /// No leader is known right now (election in progress): retry later. (503)
     Unavailable,
     /// The leader cannot reach a majority of the cluster: retry later, or elsewhere. (503)
@@ -263,8 +276,9 @@ pub struct FollowerProgress {
     pub id: NodeId,
     /// Highest log index known to be stored on the follower.
     pub matched_index: Option<LogIndex>,
-    /// How many entries the follower trails the leader's last log index by.
-    pub lag: u64,
+    /// How many entries the follower trails the leader's last log index by; `None` when the
+    /// leader does not know the follower's progress (it has not heard from it in its term).
+    pub lag: Option<u64>,
 }
 
 /// Answer to `GET /admin/status`: one node's view of the cluster.
@@ -320,5 +334,31 @@ mod tests {
         assert_eq!(text, r#"{"error":{"code":"outcome_unknown","message":"m"}}"#);
         assert_eq!(ErrorCode::TypeConflict.http_status(), 409);
         assert_eq!(ErrorCode::Unavailable.http_status(), 503);
+        assert_eq!(ErrorCode::IdempotencyKeyExpired.http_status(), 422);
+        assert_eq!(
+            serde_json::to_value(ErrorCode::IdempotencyKeyExpired).expect("serializes"),
+            "idempotency_key_expired"
+        );
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            ErrorCode::ALL.iter().all(|c| seen.insert(*c)),
+            "ALL lists each code once"
+        );
+    }
+
+    #[test]
+    fn follower_lag_is_null_when_the_leader_does_not_know_it() {
+        let unknown: FollowerProgress =
+            serde_json::from_str(r#"{"id":2,"matched_index":null,"lag":null}"#).expect("parses");
+        assert_eq!(unknown.lag, None);
+        let known = FollowerProgress {
+            id: 1,
+            matched_index: Some(7),
+            lag: Some(0),
+        };
+        assert_eq!(
+            serde_json::to_string(&known).expect("serializes"),
+            r#"{"id":1,"matched_index":7,"lag":0}"#
+        );
     }
 }

@@ -23,14 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kvapi::{Consistency, WriteBody, WriteKind};
+use kvapi::{Consistency, ErrorCode, WriteBody, WriteKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::client::new_idempotency_key;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{key_path, Endpoint};
+use crate::transport::{self, Failure, Fate, Request, Transport};
 use crate::{Client, ClientConfig, ClientError};
 
 mod etcd;
@@ -310,53 +311,74 @@ fn filler(prefix: &str, size: usize) -> Value {
     Value::String(s)
 }
 
-/// Raw sender for `--target all`: one node, no retries, so forwarding is what is measured.
+/// Sender for `--target all`: one attempt at one node, no retries, so that forwarding is what
+/// is measured. A failed attempt is judged by [`transport::fate`], the verdict the client and the
+/// chaos workload use too.
 struct Direct {
-    http: reqwest::Client,
-    base: String,
+    transport: Transport,
+    address: String,
     consistency: Consistency,
+    op_timeout: Duration,
 }
 
 impl Direct {
     async fn write(&self, key: &str, kind: WriteKind, value: Value) -> Result<(), (Outcome, String)> {
         let body =
             serde_json::to_vec(&WriteBody { kind, value }).map_err(|e| (Outcome::Failed, e.to_string()))?;
-        let resp = self
-            .http
-            .post(format!("{}/keys/{}", self.base, key))
-            .header(kvapi::IDEMPOTENCY_HEADER, new_idempotency_key())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| (transport_outcome(&e), e.to_string()))?;
-        let status = resp.status().as_u16();
-        match status {
-            200 => Ok(()),
-            504 => Err((Outcome::Unknown, format!("HTTP {status}"))),
-            _ => Err((Outcome::Failed, format!("HTTP {status}"))),
-        }
+        let request = Request {
+            method: reqwest::Method::POST,
+            path: key_path(key),
+            body: Some(body),
+            idempotency_key: Some(new_idempotency_key()),
+        };
+        self.send(&request).await
     }
 
     async fn get(&self, key: &str) -> Result<(), (Outcome, String)> {
-        let mut url = format!("{}/keys/{}", self.base, key);
+        let mut path = key_path(key);
         if self.consistency == Consistency::Stale {
-            url.push_str("?consistency=stale");
+            path.push_str("?consistency=stale");
         }
-        let resp = self
-            .http
-            .get(url)
-            .send()
+        let request = Request {
+            method: reqwest::Method::GET,
+            path,
+            body: None,
+            idempotency_key: None,
+        };
+        match self
+            .transport
+            .send(&self.address, &request, self.op_timeout)
             .await
-            .map_err(|e| (Outcome::Failed, e.to_string()))?;
-        match resp.status().as_u16() {
-            200 | 404 => Ok(()),
-            s => Err((Outcome::Failed, format!("HTTP {s}"))),
+        {
+            // A read of a key not written yet is an answer like any other.
+            Ok(_)
+            | Err(Failure::Answered {
+                code: Some(ErrorCode::KeyNotFound),
+                ..
+            }) => Ok(()),
+            Err(failure) => Err((outcome_of(&failure, false), failure.describe())),
+        }
+    }
+
+    async fn send(&self, request: &Request) -> Result<(), (Outcome, String)> {
+        match self.transport.send(&self.address, request, self.op_timeout).await {
+            Ok(_) => Ok(()),
+            Err(failure) => Err((outcome_of(&failure, request.is_write()), failure.describe())),
         }
     }
 }
 
-/// What a request that got no answer did: one that never connected changed nothing; any other
-/// may have been applied.
+/// How a failed single attempt counts in the report: the shared verdict of
+/// [`transport::fate`].
+fn outcome_of(failure: &Failure, is_write: bool) -> Outcome {
+    match transport::fate(failure, is_write) {
+        Fate::NotApplied => Outcome::Failed,
+        Fate::MaybeApplied => Outcome::Unknown,
+    }
+}
+
+/// What a request to etcd that got no answer did: one that never connected changed nothing;
+/// any other may have been applied.
 fn transport_outcome(e: &reqwest::Error) -> Outcome {
     if e.is_connect() {
         Outcome::Failed
@@ -410,7 +432,6 @@ fn classify(e: ClientError) -> (Outcome, String) {
 fn client_for(endpoints: &[Endpoint], spec: &BenchSpec) -> Result<Client, ClientError> {
     let mut config = ClientConfig::new(endpoints.to_vec());
     config.timeout = spec.op_timeout;
-    config.attempt_timeout = config.attempt_timeout.min(spec.op_timeout);
     config.consistency = spec.consistency;
     Client::new(config)
 }
@@ -423,6 +444,8 @@ pub async fn run(
 ) -> Result<BenchReport, BenchError> {
     spec.check().map_err(BenchError::Setup)?;
     let client = Arc::new(client_for(endpoints, spec)?);
+    let transport = Transport::new(Duration::from_secs(1)).map_err(|e| ClientError::Other(e.to_string()))?;
+    // etcd's gateway has a sender of its own: its answers mean other things.
     let http = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
@@ -440,9 +463,10 @@ pub async fn run(
     let sender_for = |worker: usize| match (spec.system, spec.target, &etcd_leader) {
         (System::Kv, Target::Leader, _) => Sender::Leader(client.clone()),
         (System::Kv, Target::All, _) => Sender::Direct(Direct {
-            http: http.clone(),
-            base: endpoints[worker % endpoints.len()].base_url(),
+            transport: transport.clone(),
+            address: endpoints[worker % endpoints.len()].address.clone(),
             consistency: spec.consistency,
+            op_timeout: spec.op_timeout,
         }),
         (System::Etcd, _, Some(leader)) => {
             Sender::Etcd(etcd::Gateway::new(http.clone(), leader.clone(), spec.consistency))
@@ -871,6 +895,27 @@ pub fn write_report(w: &mut dyn Write, r: &BenchReport) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--target all` counts a failed attempt by the same verdict as the client and the chaos
+    /// workload: an unlisted 5xx on a write may have been applied.
+    #[test]
+    fn single_attempts_are_counted_by_the_shared_verdict() {
+        let answered = |status, code| Failure::Answered {
+            status,
+            code,
+            message: "m".into(),
+            leader: None,
+            retry_after: None,
+        };
+        assert!(outcome_of(&answered(500, None), true) == Outcome::Unknown);
+        assert!(outcome_of(&answered(502, None), true) == Outcome::Unknown);
+        assert!(outcome_of(&answered(500, None), false) == Outcome::Failed);
+        let unavailable = answered(503, Some(kvapi::ErrorCode::Unavailable));
+        assert!(outcome_of(&unavailable, true) == Outcome::Failed);
+        let expired = answered(422, Some(kvapi::ErrorCode::IdempotencyKeyExpired));
+        assert!(outcome_of(&expired, true) == Outcome::Unknown);
+        assert!(outcome_of(&Failure::NotSent("refused".into()), true) == Outcome::Failed);
+    }
 
     #[test]
     fn workloads_parse_and_print_back() {

@@ -6,8 +6,12 @@
 //! never see a half-valid configuration.
 //!
 //! Where the cluster is: `--endpoints` when given, else `--cluster FILE`, else the file named
-//! by `$KVCTL_CLUSTER`, else `./cluster.toml`. The environment variable is read here rather
-//! than by clap so that `--endpoints` can override it without clap calling the two a conflict.
+//! by `$KVCTL_CLUSTER`, else `./cluster.toml`, else the local default cluster that
+//! `bin/cluster.sh` starts (`127.0.0.1:8080` to `8082`), as etcdctl falls back to its default
+//! endpoint. A file that was named but cannot be read is an error; only the implicit
+//! `./cluster.toml` may be absent. [`Config::source`] says which applied (`-v` prints it). The
+//! environment variable is read here rather than by clap so that `--endpoints` can override it
+//! without clap calling the two a conflict.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -15,7 +19,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kvapi::{ClusterFile, Consistency, WriteKind};
+use kvctl::client::WRITE_WINDOW;
 use kvctl::endpoint::Endpoint;
+use kvctl::error::format_duration;
 use kvctl::output::Format;
 use kvctl::value::{parse_value, Source};
 use serde_json::Value;
@@ -27,13 +33,21 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  key not found
-  2  usage error (bad arguments, unreadable or malformed cluster file, empty input)
+  2  usage error (bad arguments, unreadable or malformed cluster file, bad input)
   3  cluster unavailable: no leader or no quorum within the timeout
   4  outcome unknown: a write may or may not have been applied
   5  other errors (including input the server rejected, such as a type conflict)
 
+With -o json an error is one JSON object on stderr, {\"error\":{\"code\":...,\"message\":...}}, with
+code usage, key_not_found, unavailable, outcome_unknown (plus \"idempotency_key\"), the
+server's code for a refused request (type_conflict, ...), or other.
+
 Values: VALUE is stored as JSON when it is valid JSON (42, true, '[\"cat\",\"dog\"]',
-'{\"a\":1}') and as a string otherwise (\"Kyle Chard\"). --string forces a string.";
+'{\"a\":1}') and as a string otherwise (\"Kyle Chard\"). Text that starts like JSON ([, { or \")
+must be valid JSON. --string stores the text as a string.
+
+Cluster: --endpoints, else --cluster FILE, else $KVCTL_CLUSTER, else ./cluster.toml, else the
+local cluster of bin/cluster.sh (127.0.0.1:8080-8082).";
 
 /// The operator's client for a kvnode cluster.
 #[derive(Debug, Parser)]
@@ -55,7 +69,7 @@ pub struct Cli {
     pub endpoints: Option<String>,
 
     /// Bound on the whole operation, retries included (e.g. 10s, 500ms, 2m; bare numbers are
-    /// seconds)
+    /// seconds; at most 9m for a write)
     #[arg(long, value_name = "DURATION", default_value = "10s", global = true, value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -73,6 +87,19 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The grammar of a line typed into `kvctl repl`: the one-shot grammar without what does
+/// nothing there. `--cluster` and `--endpoints` are hidden (still accepted, so that
+/// [`Config::for_session`] can say why they cannot apply) and `--version` is gone, so neither
+/// `help put` nor Tab completion offers them.
+pub fn repl_grammar() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        .disable_version_flag(true)
+        .mut_subcommands(|sub| sub.disable_version_flag(true))
+        .mut_arg("cluster", |a| a.hide(true))
+        .mut_arg("endpoints", |a| a.hide(true))
 }
 
 /// `-o` values.
@@ -294,11 +321,57 @@ pub enum Action {
     Repl,
 }
 
+/// Where the nodes of a run came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterSource {
+    /// `--endpoints`.
+    Endpoints,
+    /// `--cluster FILE`.
+    File(PathBuf),
+    /// The file named by `$KVCTL_CLUSTER`.
+    EnvFile(PathBuf),
+    /// `./cluster.toml`.
+    DefaultFile,
+    /// None given or found: the local cluster of `bin/cluster.sh`.
+    LocalDefault,
+    /// The REPL session's nodes.
+    Session,
+    /// The command needs no cluster.
+    NotNeeded,
+}
+
+impl ClusterSource {
+    /// One sentence for `-v`.
+    pub fn describe(&self, endpoints: &[Endpoint]) -> String {
+        let nodes = endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            ClusterSource::Endpoints => format!("cluster from --endpoints: {nodes}"),
+            ClusterSource::File(path) => format!("cluster from --cluster {}: {nodes}", path.display()),
+            ClusterSource::EnvFile(path) => {
+                format!("cluster from ${CLUSTER_ENV}={}: {nodes}", path.display())
+            }
+            ClusterSource::DefaultFile => format!("cluster from ./cluster.toml: {nodes}"),
+            ClusterSource::LocalDefault => format!(
+                "no cluster file given (--cluster, ${CLUSTER_ENV}) or found (./cluster.toml): \
+                 using the local default cluster of bin/cluster.sh, {nodes}"
+            ),
+            ClusterSource::Session => format!("cluster of the REPL session: {nodes}"),
+            ClusterSource::NotNeeded => "no cluster needed".into(),
+        }
+    }
+}
+
 /// The validated configuration of one kvctl run.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The nodes; empty only for commands that do not talk to the cluster.
     pub endpoints: Vec<Endpoint>,
+    /// Where they came from.
+    pub source: ClusterSource,
     /// Bound on the whole operation.
     pub timeout: Duration,
     /// Output format.
@@ -324,7 +397,9 @@ impl Config {
         stdin: &mut dyn Read,
         env_cluster: Option<PathBuf>,
     ) -> Result<Config, UsageError> {
-        Config::build(cli, stdin, |list, cluster| endpoints(list, cluster, env_cluster))
+        Config::build(cli, stdin, |list, cluster| {
+            endpoints(list, cluster, env_cluster, |path| path.exists())
+        })
     }
 
     /// Validate one line typed into `kvctl repl`: the same grammar and checks as
@@ -336,7 +411,7 @@ impl Config {
                 "--cluster and --endpoints are chosen when the REPL starts; restart it to change them".into(),
             ));
         }
-        Config::build(cli, stdin, |_, _| Ok(session.to_vec()))
+        Config::build(cli, stdin, |_, _| Ok((session.to_vec(), ClusterSource::Session)))
     }
 
     /// The checks shared by one-shot commands and REPL lines; `nodes` finds the cluster from
@@ -344,7 +419,7 @@ impl Config {
     fn build(
         cli: Cli,
         stdin: &mut dyn Read,
-        nodes: impl FnOnce(Option<&str>, Option<PathBuf>) -> Result<Vec<Endpoint>, UsageError>,
+        nodes: impl FnOnce(Option<&str>, Option<PathBuf>) -> Result<(Vec<Endpoint>, ClusterSource), UsageError>,
     ) -> Result<Config, UsageError> {
         let action = match cli.command {
             Command::Put(args) => write_action(WriteKind::Put, args, stdin)?,
@@ -372,13 +447,15 @@ impl Config {
             Command::Repl => Action::Repl,
             Command::Bench(args) => Action::Bench(args.into_spec(cli.consistency)?),
         };
-        let endpoints = if matches!(action, Action::Completions(_)) {
-            Vec::new()
+        check_write_timeout(&action, cli.timeout)?;
+        let (endpoints, source) = if matches!(action, Action::Completions(_)) {
+            (Vec::new(), ClusterSource::NotNeeded)
         } else {
             nodes(cli.endpoints.as_deref(), cli.cluster)?
         };
         Ok(Config {
             endpoints,
+            source,
             timeout: cli.timeout,
             format: match cli.output {
                 OutputArg::Table => Format::Table,
@@ -395,23 +472,51 @@ impl Config {
     }
 }
 
+/// Refuse a `--timeout` that would let a write be retried after the cluster may have forgotten
+/// its idempotency key: such a late retry could be applied a second time.
+pub fn check_write_timeout(action: &Action, timeout: Duration) -> Result<(), UsageError> {
+    if matches!(action, Action::Write { .. } | Action::Delete { .. }) && timeout > WRITE_WINDOW {
+        return Err(UsageError(format!(
+            "--timeout {} is too long for a write: the cluster remembers a write's idempotency \
+             key for {}, and kvctl retries a write only while it surely does; give --timeout {} \
+             or less",
+            format_duration(timeout),
+            format_duration(kvapi::IDEMPOTENCY_RETENTION),
+            format_duration(WRITE_WINDOW)
+        )));
+    }
+    Ok(())
+}
+
 /// Find the nodes: `--endpoints`, else `--cluster`, else `$KVCTL_CLUSTER`, else
-/// `./cluster.toml`.
+/// `./cluster.toml` when it `exists`, else the local default cluster.
 fn endpoints(
     list: Option<&str>,
     cluster: Option<PathBuf>,
     env_cluster: Option<PathBuf>,
-) -> Result<Vec<Endpoint>, UsageError> {
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Result<(Vec<Endpoint>, ClusterSource), UsageError> {
     if let Some(list) = list {
-        return Endpoint::parse_list(list).map_err(|e| UsageError(e.to_string()));
+        let endpoints = Endpoint::parse_list(list).map_err(|e| UsageError(e.to_string()))?;
+        return Ok((endpoints, ClusterSource::Endpoints));
     }
-    let (path, origin) = match (cluster, env_cluster) {
-        (Some(path), _) => (path, ""),
-        (None, Some(path)) => (path, " (from $KVCTL_CLUSTER)"),
-        (None, None) => (PathBuf::from("cluster.toml"), " (the default)"),
+    let (path, source, origin) = match (cluster, env_cluster) {
+        (Some(path), _) => (path.clone(), ClusterSource::File(path), ""),
+        (None, Some(path)) => (
+            path.clone(),
+            ClusterSource::EnvFile(path),
+            " (from $KVCTL_CLUSTER)",
+        ),
+        (None, None) => {
+            let path = PathBuf::from("cluster.toml");
+            if !exists(&path) {
+                return Ok((Endpoint::local_default(), ClusterSource::LocalDefault));
+            }
+            (path, ClusterSource::DefaultFile, "")
+        }
     };
     match ClusterFile::load(&path) {
-        Ok(file) => Ok(Endpoint::from_cluster_file(&file)),
+        Ok(file) => Ok((Endpoint::from_cluster_file(&file), source)),
         Err(kvapi::ClusterFileError::Read { path, source }) => Err(UsageError(format!(
             "cannot read cluster file {}{origin}: {source}; give one with --cluster FILE or \
              ${CLUSTER_ENV}, or list nodes with --endpoints",
@@ -483,6 +588,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::FromArgMatches;
     use serde_json::json;
     use std::io::Cursor;
 
@@ -570,6 +676,75 @@ mod tests {
             config(&["kvctl", "--cluster", "/nonexistent/c.toml", "get", "k"], "").expect_err("missing");
         assert!(err.to_string().contains("cannot read cluster file"), "{err}");
         assert!(err.to_string().contains("--endpoints"), "{err}");
+        let cli = Cli::try_parse_from(["kvctl", "status"]).expect("parses");
+        let err = Config::from_cli(cli, &mut std::io::empty(), Some("/nonexistent/e.toml".into()))
+            .expect_err("a named file must exist");
+        assert!(err.to_string().contains("from $KVCTL_CLUSTER"), "{err}");
+    }
+
+    #[test]
+    fn without_a_cluster_file_the_local_default_cluster_is_used() {
+        let none = |_: &std::path::Path| false;
+        let (found, source) = endpoints(None, None, None, none).expect("fallback");
+        assert_eq!(source, ClusterSource::LocalDefault);
+        assert_eq!(found, Endpoint::local_default());
+        let said = source.describe(&found);
+        assert!(
+            said.contains("local default cluster") && said.contains("127.0.0.1:8080, 127.0.0.1:8081"),
+            "{said}"
+        );
+        // ./cluster.toml, when there is one, wins over the fallback.
+        let file = cluster_file();
+        let err = endpoints(None, None, None, |_| true).expect_err("./cluster.toml is not here");
+        assert!(err.to_string().contains("cluster.toml"), "{err}");
+        let (found, source) = endpoints(None, Some(file.0.clone()), None, none).expect("file");
+        assert_eq!((found.len(), source), (2, ClusterSource::File(file.0.clone())));
+    }
+
+    #[test]
+    fn a_write_may_not_outlive_the_cluster_s_memory_of_its_key() {
+        let c = config(
+            &["kvctl", "--endpoints", "h:1", "--timeout", "9m", "put", "k", "1"],
+            "",
+        );
+        assert!(c.is_ok());
+        for write in [&["put", "k", "1"][..], &["append", "k", "1"], &["delete", "k"]] {
+            let mut args = vec!["kvctl", "--endpoints", "h:1", "--timeout", "20m"];
+            args.extend_from_slice(write);
+            let err = config(&args, "").expect_err("too long");
+            assert!(
+                err.to_string()
+                    .starts_with("--timeout 20m is too long for a write: the cluster remembers"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("9m or less"), "{err}");
+        }
+        let read = config(
+            &["kvctl", "--endpoints", "h:1", "--timeout", "20m", "get", "k"],
+            "",
+        );
+        assert!(read.is_ok(), "reads may wait as long as asked");
+    }
+
+    #[test]
+    fn a_value_that_starts_like_json_must_be_json() {
+        let err =
+            config(&["kvctl", "--endpoints", "h:1", "put", "c", r#"["cat","#], "").expect_err("broken JSON");
+        assert!(err.to_string().contains("starts like JSON"), "{err}");
+        let c = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "h:1",
+                "put",
+                "--string",
+                "c",
+                r#"["cat","#,
+            ],
+            "",
+        )
+        .expect("--string");
+        assert!(matches!(c.action, Action::Write { value, .. } if value == json!(r#"["cat","#)));
     }
 
     #[test]
@@ -623,6 +798,29 @@ mod tests {
         for bad in ["", "s", "0", "-1", "10h", "abc", "1e9"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn the_repl_grammar_hides_what_does_nothing_there() {
+        repl_grammar().debug_assert();
+        // What `help put` in the REPL prints.
+        let help = repl_grammar()
+            .try_get_matches_from(["kvctl", "put", "--help"])
+            .expect_err("help")
+            .render()
+            .to_string();
+        for absent in ["--cluster", "--endpoints", "--version"] {
+            assert!(!help.contains(absent), "{absent} in {help}");
+        }
+        assert!(help.contains("--timeout") && help.contains("--string"), "{help}");
+        let version = repl_grammar().try_get_matches_from(["kvctl", "get", "k", "--version"]);
+        assert!(version.is_err(), "--version is not a REPL option");
+        let matches = repl_grammar()
+            .try_get_matches_from(["kvctl", "--cluster", "x.toml", "get", "k"])
+            .expect("hidden, still parsed");
+        let cli = Cli::from_arg_matches(&matches).expect("cli");
+        let err = Config::for_session(cli, &mut std::io::empty(), &[]).expect_err("fixed per session");
+        assert!(err.to_string().contains("restart"), "{err}");
     }
 
     #[test]

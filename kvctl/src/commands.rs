@@ -6,7 +6,9 @@
 //!
 //! `status` reports every node and exits 0 while the cluster has a quorum, whatever individual
 //! nodes do. Without a leader or a quorum it still prints the full table, then exits 3
-//! (unavailable), so monitoring scripts can use the exit code alone.
+//! (unavailable), so monitoring scripts can use the exit code alone. `leader` prints a leader
+//! only when a majority of the voters follow it (see [`kvctl::survey`]); a node that merely
+//! claims to lead is an error with exit code 3.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,7 +48,6 @@ pub fn connect(
 ) -> Result<Client, kvctl::ClientError> {
     let mut client_config = ClientConfig::new(endpoints.to_vec());
     client_config.timeout = timeout;
-    client_config.attempt_timeout = client_config.attempt_timeout.min(timeout);
     client_config.consistency = consistency;
     Client::new(client_config)
 }
@@ -91,17 +92,8 @@ pub async fn execute(client: &Client, config: Config, pretty: bool) -> anyhow::R
         Action::Status { watch: None } => {
             let survey = Survey::from_reports(&client.node_statuses().await);
             render(|w| output::status(w, style, &survey))?;
-            if !survey.quorum {
-                let counts = format!(
-                    "{} of {} voters answer, {} needed",
-                    survey.answering, survey.voters, survey.quorum_size
-                );
-                return Err(NoQuorum(if survey.leader.is_none() {
-                    format!("no leader ({counts})")
-                } else {
-                    format!("no quorum ({counts})")
-                })
-                .into());
+            if let Some(reason) = survey.unavailable_reason() {
+                return Err(NoQuorum(reason).into());
             }
         }
         Action::Status { watch: Some(every) } => watch(client, style, every).await?,

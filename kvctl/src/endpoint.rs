@@ -38,7 +38,27 @@ pub struct EndpointError {
     pub reason: String,
 }
 
+/// The local cluster that `bin/cluster.sh` and `bin/create_server*.sh` start (the nodes of
+/// `bin/cluster.toml`): what kvctl talks to when no cluster file is given or found, as etcdctl
+/// talks to `127.0.0.1:2379`.
+pub const LOCAL_DEFAULT: [(NodeId, &str); 3] = [
+    (0, "127.0.0.1:8080"),
+    (1, "127.0.0.1:8081"),
+    (2, "127.0.0.1:8082"),
+];
+
 impl Endpoint {
+    /// The nodes of [`LOCAL_DEFAULT`].
+    pub fn local_default() -> Vec<Endpoint> {
+        LOCAL_DEFAULT
+            .iter()
+            .map(|(id, address)| Endpoint {
+                id: Some(*id),
+                address: address.to_string(),
+            })
+            .collect()
+    }
+
     /// All nodes of a cluster file, in id order.
     pub fn from_cluster_file(file: &ClusterFile) -> Vec<Endpoint> {
         file.node
@@ -145,6 +165,14 @@ mod tests {
         assert!(Endpoint::parse_list(" , ").is_err());
         let list = Endpoint::parse_list("a:1,,http://b:2").expect("list");
         assert_eq!(list.len(), 2);
+    }
+
+    /// The fallback is the cluster the repository's scripts start, not a copy that drifted.
+    #[test]
+    fn the_local_default_is_bin_cluster_toml() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bin/cluster.toml");
+        let file = ClusterFile::load(&path).expect("bin/cluster.toml");
+        assert_eq!(Endpoint::from_cluster_file(&file), Endpoint::local_default());
     }
 
     #[test]

@@ -62,6 +62,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The machine-readable code of this error in kvctl's JSON error objects: the server's code
+    /// when the server refused the request, else one of kvctl's own (`key_not_found`,
+    /// `unavailable`, `outcome_unknown`, `other`).
+    pub fn code(&self) -> String {
+        match self {
+            ClientError::NotFound { .. } => code_name(ErrorCode::KeyNotFound),
+            ClientError::Unavailable { .. } => code_name(ErrorCode::Unavailable),
+            ClientError::OutcomeUnknown { .. } => code_name(ErrorCode::OutcomeUnknown),
+            ClientError::Rejected { code, .. } => code_name(*code),
+            ClientError::Other(_) => "other".into(),
+        }
+    }
+
     /// The exit code kvctl uses for this error.
     pub fn exit(&self) -> Exit {
         match self {
@@ -118,10 +131,17 @@ pub fn code_name(code: ErrorCode) -> String {
         .unwrap_or_else(|| format!("{code:?}"))
 }
 
-/// A short human form of a duration: `850ms`, `2.5s`.
+/// A short human form of a duration: `850ms`, `2.5s`, `9m`, `10m30s`.
 pub fn format_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
+    } else if d >= Duration::from_secs(60) {
+        let (minutes, seconds) = (d.as_secs() / 60, d.as_secs() % 60);
+        if seconds == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{seconds}s")
+        }
     } else {
         let tenths = d.as_millis() / 100;
         if tenths.is_multiple_of(10) {
@@ -195,5 +215,40 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(format_duration(Duration::from_secs(10)), "10s");
         assert_eq!(format_duration(Duration::from_millis(1234)), "1.2s");
+        assert_eq!(format_duration(Duration::from_secs(540)), "9m");
+        assert_eq!(format_duration(Duration::from_secs(630)), "10m30s");
+    }
+
+    #[test]
+    fn every_error_has_a_machine_readable_code() {
+        let codes: Vec<String> = [
+            ClientError::NotFound { key: "k".into() },
+            ClientError::Unavailable {
+                reason: "r".into(),
+                waited: Duration::from_secs(1),
+            },
+            ClientError::OutcomeUnknown {
+                reason: "r".into(),
+                idempotency_key: "x".into(),
+            },
+            ClientError::Rejected {
+                code: ErrorCode::TypeConflict,
+                message: "m".into(),
+            },
+            ClientError::Other("boom".into()),
+        ]
+        .iter()
+        .map(ClientError::code)
+        .collect();
+        assert_eq!(
+            codes,
+            [
+                "key_not_found",
+                "unavailable",
+                "outcome_unknown",
+                "type_conflict",
+                "other"
+            ]
+        );
     }
 }

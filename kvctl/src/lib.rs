@@ -9,8 +9,10 @@
 //!   and when the leader disappears it discovers the new one and retries with backoff until the
 //!   caller's deadline. Every write carries one idempotency key for all of its attempts, so a
 //!   retried APPEND lands exactly once.
-//! - [`retry`]: the pure policy behind those retries: which failures are worth another attempt,
-//!   which ones leave a write's outcome in doubt, and how long to wait in between.
+//! - [`transport`]: one HTTP exchange with one node, and the one verdict on what a failed
+//!   exchange says about a write; shared by the client, `kvctl bench` and the chaos workload.
+//! - [`retry`]: the pure policy behind the client's retries: which failures are worth another
+//!   attempt and how long to wait in between.
 //! - [`error`]: the typed errors a caller can act on, and the process exit code each one maps to.
 //! - [`value`]: how a command-line argument becomes a JSON value.
 //! - [`survey`]: the cluster-wide picture assembled from every node's status: who leads, how far
@@ -29,11 +31,13 @@ pub mod error;
 pub mod output;
 pub mod retry;
 pub mod survey;
+pub mod transport;
 pub mod value;
 
 #[cfg(test)]
 mod mock_server;
 
-pub use client::{Client, ClientConfig, LeaderInfo, NodeReport, WriteOutcome};
+pub use client::{Client, ClientConfig, LeaderInfo, WriteOutcome};
 pub use endpoint::Endpoint;
 pub use error::{ClientError, Exit};
+pub use survey::NodeReport;

@@ -3,17 +3,23 @@
 //! Real clusters cannot be told to lose exactly one answer or to name a particular leader, so
 //! these tests stand up tiny servers whose answers a closure decides, on `127.0.0.1:0`, and
 //! check what the client sent. One request per connection (`Connection: close`) keeps the
-//! parser trivial.
+//! parser trivial. A reply with the pseudo-header [`DELAY`] is sent that many milliseconds
+//! late (the header itself is not sent), to play a server that waits before it answers.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Pseudo-header of a [`Reply`]: answer after this many milliseconds.
+pub const DELAY: &str = "x-mock-delay-ms";
+
 /// A request as the mock saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// When it arrived.
+    pub at: Instant,
     pub method: String,
     pub path: String,
     pub idempotency_key: Option<String>,
@@ -48,12 +54,16 @@ impl Mock {
                     log.lock().expect("log").push(request.clone());
                     match handler(&request) {
                         Some((status, headers, body)) => {
+                            if let Some((_, ms)) = headers.iter().find(|(name, _)| *name == DELAY) {
+                                let ms = ms.parse().expect("delay in milliseconds");
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
                             let mut text = format!(
                                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
                                  content-length: {}\r\nconnection: close\r\n",
                                 body.len()
                             );
-                            for (name, value) in headers {
+                            for (name, value) in headers.iter().filter(|(name, _)| *name != DELAY) {
                                 text.push_str(&format!("{name}: {value}\r\n"));
                             }
                             text.push_str("\r\n");
@@ -119,6 +129,7 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Seen> {
         buffer.extend_from_slice(&chunk[..n]);
     }
     Some(Seen {
+        at: Instant::now(),
         method,
         path,
         idempotency_key,

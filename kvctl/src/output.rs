@@ -155,7 +155,7 @@ pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<(
                     opt(n.last_log_index),
                     opt(n.commit_index),
                     opt(n.last_applied),
-                    opt(n.lag),
+                    lag_text(survey, n),
                     format!("{:.1}", n.response_ms),
                     n.error.clone().unwrap_or_else(|| "-".into()),
                 ];
@@ -177,7 +177,7 @@ pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<(
                     Cell::new(opt(n.last_log_index)).set_alignment(CellAlignment::Right),
                     Cell::new(opt(n.commit_index)).set_alignment(CellAlignment::Right),
                     Cell::new(opt(n.last_applied)).set_alignment(CellAlignment::Right),
-                    Cell::new(opt(n.lag)).set_alignment(CellAlignment::Right),
+                    Cell::new(lag_text(survey, n)).set_alignment(CellAlignment::Right),
                     Cell::new(format_response_time(n.response_ms)).set_alignment(CellAlignment::Right),
                     Cell::new(n.error.as_deref().unwrap_or("")),
                 ]);
@@ -187,6 +187,17 @@ pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<(
             writeln!(w, "{}", survey.quorum_line())?;
             writeln!(w, "{}", survey.tolerance_line())
         }
+    }
+}
+
+/// The LAG column: entries behind the leader; `unknown` when the leader does not know the
+/// node's progress (it has not heard from it in its term); `-` when there is no leader to
+/// measure it.
+fn lag_text(survey: &Survey, n: &NodeRow) -> String {
+    match (n.lag, survey.leader) {
+        (Some(lag), _) => lag.to_string(),
+        (None, Some(_)) => "unknown".into(),
+        (None, None) => "-".into(),
     }
 }
 
@@ -392,6 +403,46 @@ mod tests {
             &["1", "127.0.0.1:8001", "follower", "3", "10", "10", "10", "1"]
         );
         assert_eq!(fields[9], "-");
+    }
+
+    #[test]
+    fn an_unknown_lag_says_so_and_no_leader_shows_none() {
+        let mut leader = node_status(0, Role::Leader, 3, Some(0));
+        if let Some(followers) = leader.followers.as_mut() {
+            followers[1].matched_index = None;
+            followers[1].lag = None;
+        }
+        let survey = Survey::from_reports(&[
+            report(0, Ok(leader)),
+            report(1, Ok(node_status(1, Role::Follower, 3, Some(0)))),
+            report(2, Err("connection refused")),
+        ]);
+        let plain = render(|w| status(w, PLAIN, &survey));
+        let lags: Vec<&str> = plain
+            .lines()
+            .map(|l| l.split('\t').nth(7).unwrap_or(""))
+            .collect();
+        assert_eq!(lags, ["0", "1", "unknown"], "{plain}");
+        let table = render(|w| status(w, TABLE, &survey));
+        let row = table
+            .lines()
+            .find(|l| l.contains("127.0.0.1:8002"))
+            .unwrap_or_default();
+        assert!(row.contains("unknown"), "{table}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render(|w| status(w, JSON, &survey))).expect("json");
+        assert_eq!(json["nodes"][2]["lag"], serde_json::Value::Null);
+
+        let leaderless = Survey::from_reports(&[
+            report(0, Err("connection refused")),
+            report(1, Ok(node_status(1, Role::Candidate, 5, None))),
+            report(2, Err("connection refused")),
+        ]);
+        let plain = render(|w| status(w, PLAIN, &leaderless));
+        assert!(
+            plain.lines().all(|l| l.split('\t').nth(7) == Some("-")),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -18,10 +18,17 @@
 //!   [`helper`]).
 //! - a prompt that says where the session stands, `kv[leader=1 term=3]> `, asked afresh of
 //!   every node before each prompt (bounded to a second), so it follows a failover even when
-//!   the last command did not notice one.
+//!   the last command did not notice one. It tells the truth as `kvctl leader` does: a node
+//!   that still claims to lead while most voters are gone shows as
+//!   `kv[no quorum: node 0 claims term 1]> `, an election as `kv[no leader term=4]> `.
 //! - Ctrl-C: on the line being typed it drops the line; while a command runs it cancels the
-//!   command (a write cancelled that way may or may not have been applied, and is reported so).
-//!   Ctrl-D on an empty line leaves. An error prints and the session goes on.
+//!   command (a write cancelled that way may or may not have been applied, and is reported so),
+//!   and what follows starts on a new line, not after the terminal's `^C`. Ctrl-D on an empty
+//!   line leaves. An error prints and the session goes on.
+//!
+//! Lines are parsed by [`crate::cli::repl_grammar`]: the one-shot grammar less `--cluster`,
+//! `--endpoints` (fixed for the session) and `--version`, which do nothing here, so `help`
+//! and completion do not offer them.
 //!
 //! When stdin is not a terminal the REPL runs a script instead (`kvctl repl < script.kv`): one
 //! command per line, no prompt, `#` starts a comment line, errors name their line, and the exit
@@ -40,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
+use clap::{ArgMatches, FromArgMatches, ValueEnum};
 use kvapi::Consistency;
 use kvctl::output::Format;
 use kvctl::survey::Survey;
@@ -52,7 +59,7 @@ use rustyline::{ColorMode, Editor};
 use tokio::runtime::Runtime;
 
 use self::helper::{Grammar, KeyLookup, ReplHelper, REPL_COMMANDS};
-use crate::cli::{Action, Cli, Config, ConsistencyArg, OutputArg};
+use crate::cli::{check_write_timeout, repl_grammar, Action, Cli, Config, ConsistencyArg, OutputArg};
 use crate::commands;
 
 /// Environment variable naming the history file.
@@ -71,8 +78,8 @@ pub fn run(config: Config, runtime: &Runtime) -> Exit {
     let mut session = match Session::new(&config) {
         Ok(session) => session,
         Err(e) => {
-            eprintln!("kvctl: {e}");
-            return Exit::Other;
+            let json = config.format == Format::Json;
+            return failure("", anyhow::Error::from(e), json);
         }
     };
     if std::io::stdin().is_terminal() {
@@ -138,9 +145,10 @@ impl Session {
         if text.is_empty() || text.starts_with('#') {
             return Step::Next(Exit::Success);
         }
+        let json = self.format == Format::Json;
         let words = match line::split(text, &*self.grammar) {
             Ok(words) => words,
-            Err(e) => return Step::Next(usage(origin, &e.to_string())),
+            Err(e) => return Step::Next(usage(origin, &e.to_string(), json)),
         };
         let Some(first) = words.first() else {
             return Step::Next(Exit::Success);
@@ -154,6 +162,7 @@ impl Session {
             dot if dot.starts_with('.') => Step::Next(usage(
                 origin,
                 &format!("unknown REPL command {dot:?}; `help` lists the commands"),
+                json,
             )),
             _ => self.command(words, runtime, origin),
         }
@@ -162,7 +171,7 @@ impl Session {
     /// A command of the one-shot grammar.
     fn command(&mut self, words: Vec<String>, runtime: &Runtime, origin: &str) -> Step {
         let argv = std::iter::once("kvctl".to_string()).chain(words);
-        let matches = match Cli::command().try_get_matches_from(argv) {
+        let matches = match repl_grammar().try_get_matches_from(argv) {
             Ok(matches) => matches,
             Err(e) => return Step::Next(self.clap_error(e, origin)),
         };
@@ -170,12 +179,17 @@ impl Session {
             Ok(cli) => cli,
             Err(e) => return Step::Next(self.clap_error(e, origin)),
         };
+        let line_json = if given(&matches, "output") {
+            cli.output == OutputArg::Json
+        } else {
+            self.format == Format::Json
+        };
         let mut config = match Config::for_session(cli, &mut NoStdin, &self.endpoints) {
             Ok(config) => config,
-            Err(e) => return Step::Next(usage(origin, &e.to_string())),
+            Err(e) => return Step::Next(usage(origin, &e.to_string(), line_json)),
         };
         if config.action == Action::Repl {
-            return Step::Next(usage(origin, "already in the REPL"));
+            return Step::Next(usage(origin, "already in the REPL", line_json));
         }
         // Options typed on the line win for that line; otherwise the session's settings hold.
         if !given(&matches, "output") {
@@ -187,6 +201,10 @@ impl Session {
         if !given(&matches, "timeout") {
             config.timeout = self.timeout;
         }
+        // The session's --timeout may be too long for a write even when the line's is not.
+        if let Err(e) = check_write_timeout(&config.action, config.timeout) {
+            return Step::Next(usage(origin, &e.to_string(), line_json));
+        }
         let one_off;
         let client = if config.timeout == self.timeout && config.consistency == self.consistency {
             &self.client
@@ -196,31 +214,42 @@ impl Session {
                     one_off = client;
                     &one_off
                 }
-                Err(e) => return Step::Next(failure(origin, anyhow::Error::from(e))),
+                Err(e) => return Step::Next(failure(origin, anyhow::Error::from(e), line_json)),
             }
         };
 
         let is_write = matches!(config.action, Action::Write { .. } | Action::Delete { .. });
         let started = Instant::now();
         let run = commands::execute(client, config, self.pretty);
-        let result = if self.cancellable {
+        let (result, interrupted) = if self.cancellable {
             runtime.block_on(async {
+                let mut ctrl_c = pin!(tokio::signal::ctrl_c());
                 // Biased: `status --watch` listens for Ctrl-C itself and ends cleanly, and that
                 // ending must win over calling it cancelled.
-                tokio::select! {
+                let result = tokio::select! {
                     biased;
                     result = run => Some(result),
-                    _ = tokio::signal::ctrl_c() => None,
-                }
+                    _ = &mut ctrl_c => None,
+                };
+                // Whether a Ctrl-C came, also when the command itself ended on it.
+                let pressed = result.is_none()
+                    || std::future::poll_fn(|cx| std::task::Poll::Ready(ctrl_c.as_mut().poll(cx).is_ready()))
+                        .await;
+                (result, pressed)
             })
         } else {
-            Some(runtime.block_on(run))
+            (Some(runtime.block_on(run)), false)
         };
+        if interrupted {
+            // The terminal echoed `^C` where the cursor was; start what follows on a line of
+            // its own.
+            println!();
+        }
         let took = started.elapsed();
         let step = match result {
             Some(Ok(exit)) => Step::Next(exit),
             Some(Err(e)) if crate::is_broken_pipe(&e) => Step::Quit,
-            Some(Err(e)) => Step::Next(failure(origin, e)),
+            Some(Err(e)) => Step::Next(failure(origin, e, line_json)),
             None if is_write => {
                 eprintln!("kvctl: cancelled; the write may or may not have been applied");
                 Step::Next(Exit::OutcomeUnknown)
@@ -252,6 +281,7 @@ impl Session {
             _ => usage(
                 origin,
                 &format!("{} (try `help`)", crate::one_line(&error.render().to_string())),
+                self.format == Format::Json,
             ),
         }
     }
@@ -289,13 +319,14 @@ impl Session {
             return Exit::Success;
         }
         match self.grammar.command(topic) {
-            Some(c) => match Cli::command().try_get_matches_from(["kvctl", c.name.as_str(), "--help"]) {
+            Some(c) => match repl_grammar().try_get_matches_from(["kvctl", c.name.as_str(), "--help"]) {
                 Err(e) => self.clap_error(e, origin),
                 Ok(_) => Exit::Success,
             },
             None => usage(
                 origin,
                 &format!("no command called {topic:?}; `help` lists the commands"),
+                self.format == Format::Json,
             ),
         }
     }
@@ -309,7 +340,13 @@ impl Session {
             Ok(OutputArg::Table) => self.format = Format::Table,
             Ok(OutputArg::Json) => self.format = Format::Json,
             Ok(OutputArg::Plain) => self.format = Format::Plain,
-            Err(_) => return usage(origin, ".output takes table, json or plain"),
+            Err(_) => {
+                return usage(
+                    origin,
+                    ".output takes table, json or plain",
+                    self.format == Format::Json,
+                )
+            }
         }
         Exit::Success
     }
@@ -319,7 +356,7 @@ impl Session {
             None => println!("{}", if self.timer { "on" } else { "off" }),
             Some("on") => self.timer = true,
             Some("off") => self.timer = false,
-            Some(_) => return usage(origin, ".timer takes on or off"),
+            Some(_) => return usage(origin, ".timer takes on or off", self.format == Format::Json),
         }
         Exit::Success
     }
@@ -332,7 +369,13 @@ impl Session {
         let consistency = match ConsistencyArg::from_str(value, true) {
             Ok(ConsistencyArg::Linearizable) => Consistency::Linearizable,
             Ok(ConsistencyArg::Stale) => Consistency::Stale,
-            Err(_) => return usage(origin, ".consistency takes linearizable or stale"),
+            Err(_) => {
+                return usage(
+                    origin,
+                    ".consistency takes linearizable or stale",
+                    self.format == Format::Json,
+                )
+            }
         };
         // The client's consistency is fixed when it is built; the new client rediscovers the
         // leader on its first request.
@@ -342,18 +385,25 @@ impl Session {
                 self.consistency = consistency;
                 Exit::Success
             }
-            Err(e) => failure(origin, anyhow::Error::from(e)),
+            Err(e) => failure(origin, anyhow::Error::from(e), self.format == Format::Json),
         }
     }
 
-    /// The prompt: the leader and term every answering node agrees on.
+    /// The prompt, from a fresh survey of every node.
     fn prompt(&self, runtime: &Runtime, asker: &Client) -> String {
         let survey = runtime.block_on(async { Survey::from_reports(&asker.node_statuses().await) });
-        match (survey.leader, survey.term) {
-            (Some(leader), Some(term)) => format!("kv[leader={leader} term={term}]> "),
-            (None, Some(term)) => format!("kv[no leader term={term}]> "),
-            _ => "kv[no leader]> ".to_string(),
-        }
+        prompt_text(&survey)
+    }
+}
+
+/// The prompt for what a survey found: the leader and term when a majority of the voters
+/// follow it, and otherwise what is wrong.
+fn prompt_text(survey: &Survey) -> String {
+    match (survey.quorum, survey.leader, survey.term) {
+        (true, Some(leader), Some(term)) => format!("kv[leader={leader} term={term}]> "),
+        (false, Some(leader), Some(term)) => format!("kv[no quorum: node {leader} claims term {term}]> "),
+        (_, _, Some(term)) => format!("kv[no leader term={term}]> "),
+        _ => "kv[no leader]> ".to_string(),
     }
 }
 
@@ -363,19 +413,23 @@ fn given(matches: &ArgMatches, id: &str) -> bool {
     typed(matches) || matches.subcommand().is_some_and(|(_, sub)| typed(sub))
 }
 
-/// Print a usage problem; exit code 2.
-fn usage(origin: &str, message: &str) -> Exit {
-    eprintln!("kvctl: {origin}{message}");
+/// Print a usage problem (as JSON when `json`); exit code 2.
+fn usage(origin: &str, message: &str, json: bool) -> Exit {
+    crate::print_error(json, "usage", &format!("{origin}{message}"), None);
     Exit::Usage
 }
 
 /// Print a failed command's error the way one-shot commands do, and choose its exit code.
-fn failure(origin: &str, error: anyhow::Error) -> Exit {
+fn failure(origin: &str, error: anyhow::Error, json: bool) -> Exit {
+    let errors = crate::Errors {
+        json,
+        ..crate::Errors::default()
+    };
     let origin = origin.trim_end_matches([':', ' ']);
     if origin.is_empty() {
-        crate::report(&error)
+        crate::report(&error, &errors)
     } else {
-        crate::report(&error.context(origin.to_string()))
+        crate::report(&error.context(origin.to_string()), &errors)
     }
 }
 
@@ -555,9 +609,52 @@ mod tests {
     use clap::Parser;
 
     fn matches(line: &[&str]) -> ArgMatches {
-        Cli::command()
+        repl_grammar()
             .try_get_matches_from(std::iter::once("kvctl").chain(line.iter().copied()))
             .expect("valid line")
+    }
+
+    #[test]
+    fn the_prompt_tells_the_truth_about_leadership() {
+        use kvctl::survey::NodeReport;
+        let status = |id: u64, role: &str, term: u64, leader: Option<u64>| {
+            let leader = leader
+                .map(|l| format!(r#"{{"id":{l},"http":null}}"#))
+                .unwrap_or_else(|| "null".into());
+            let json = format!(
+                r#"{{"id":{id},"role":"{role}","term":{term},"leader":{leader},"commit_index":1,
+                "last_applied":1,"last_log_index":1,"snapshot_index":null,"keys":0,
+                "members":[{{"id":0,"http":"a:1","raft":"a:2"}},{{"id":1,"http":"b:1","raft":"b:2"}},
+                {{"id":2,"http":"c:1","raft":"c:2"}}]}}"#
+            );
+            serde_json::from_str(&json).expect("status")
+        };
+        let report = |id: u64, result: Result<kvapi::Status, &str>| NodeReport {
+            id: Some(id),
+            address: format!("n{id}:1"),
+            result: result.map_err(str::to_string),
+            elapsed: Duration::from_millis(1),
+        };
+        let healthy = Survey::from_reports(&[
+            report(0, Ok(status(0, "leader", 1, Some(0)))),
+            report(1, Ok(status(1, "follower", 1, Some(0)))),
+            report(2, Err("refused")),
+        ]);
+        assert_eq!(prompt_text(&healthy), "kv[leader=0 term=1]> ");
+        let alone = Survey::from_reports(&[
+            report(0, Ok(status(0, "leader", 1, Some(0)))),
+            report(1, Err("refused")),
+            report(2, Err("refused")),
+        ]);
+        assert_eq!(prompt_text(&alone), "kv[no quorum: node 0 claims term 1]> ");
+        let electing = Survey::from_reports(&[
+            report(0, Err("refused")),
+            report(1, Ok(status(1, "candidate", 2, None))),
+            report(2, Ok(status(2, "follower", 2, None))),
+        ]);
+        assert_eq!(prompt_text(&electing), "kv[no leader term=2]> ");
+        let nobody = Survey::from_reports(&[report(0, Err("refused"))]);
+        assert_eq!(prompt_text(&nobody), "kv[no leader]> ");
     }
 
     #[test]

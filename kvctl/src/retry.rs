@@ -12,7 +12,13 @@
 //!   the caller hears "outcome unknown" and not "unavailable".
 //! - `503 unavailable` and `shutting_down` mean no leader could take the request: retry after
 //!   discovering again. `504 outcome_unknown` is the server admitting the doubt itself.
-//! - Anything the server refused on its merits (bad input, type conflict, key not found) is final.
+//! - Anything the server refused on its merits (bad input, type conflict, key not found) is
+//!   final, and so are `500 internal` and `422 idempotency_key_expired`: asking again would get
+//!   the same answer.
+//!
+//! Whether a failure leaves a write in doubt is not decided here but by
+//! [`transport::fate`](crate::transport::fate), the verdict that `kvctl bench` and the chaos
+//! workload use for their single attempts too.
 //!
 //! Backoff is exponential with "equal jitter": half of the step is fixed, half random. The fixed
 //! half stops a client from hammering a cluster in the middle of an election; the random half
@@ -20,8 +26,11 @@
 
 use std::time::Duration;
 
-use kvapi::{ErrorCode, LeaderRef};
+use kvapi::ErrorCode;
 use rand::Rng;
+
+pub use crate::transport::Failure;
+use crate::transport::{fate, Fate};
 
 /// Exponential backoff between attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,42 +62,12 @@ impl RetryPolicy {
         let jitter_nanos = rng.gen_range(0..=half.as_nanos() as u64);
         half + Duration::from_nanos(jitter_nanos)
     }
-}
 
-/// How one attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The request was never sent: connection refused, unreachable, bad address.
-    NotSent(String),
-    /// The request may have reached the server, but no answer came back: a timeout or a
-    /// connection that broke mid-exchange.
-    NoAnswer(String),
-    /// The server answered with an error status.
-    Answered {
-        /// HTTP status.
-        status: u16,
-        /// The error code from the body, when the body is the standard envelope.
-        code: Option<ErrorCode>,
-        /// The server's message, or a description of the unexpected body.
-        message: String,
-        /// The leader the server pointed to, if any.
-        leader: Option<LeaderRef>,
-    },
-}
-
-impl Failure {
-    /// One line describing the failure, for messages and diagnostics.
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::NotSent(m) | Failure::NoAnswer(m) => m.clone(),
-            Failure::Answered {
-                status,
-                code: Some(code),
-                message,
-                ..
-            } => format!("{status} {}: {message}", crate::error::code_name(*code)),
-            Failure::Answered { status, message, .. } => format!("HTTP {status}: {message}"),
-        }
+    /// The wait before the next attempt: the backoff, but never less than the server asked for
+    /// with `Retry-After`. The server knows why it refused (an election, a shutdown) and how
+    /// soon that may change; retrying earlier only adds load while it recovers.
+    pub fn wait(&self, failures: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        self.backoff(failures, rng).max(retry_after.unwrap_or_default())
     }
 }
 
@@ -109,36 +88,24 @@ pub enum Verdict {
 /// Decide what a failure means. `is_write` tells whether the request changes state, which
 /// decides whether a lost answer leaves something in doubt.
 pub fn judge(failure: &Failure, is_write: bool) -> Verdict {
+    let retry = Verdict::Retry {
+        rediscover: true,
+        doubt: fate(failure, is_write) == Fate::MaybeApplied,
+    };
     match failure {
-        Failure::NotSent(_) => Verdict::Retry {
-            rediscover: true,
-            doubt: false,
-        },
-        Failure::NoAnswer(_) => Verdict::Retry {
-            rediscover: true,
-            doubt: is_write,
-        },
+        Failure::NotSent(_) | Failure::NoAnswer(_) | Failure::TimedOut { .. } => retry,
         Failure::Answered { status, code, .. } => match code {
-            Some(ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown) => Verdict::Retry {
-                rediscover: true,
-                doubt: false,
-            },
-            Some(ErrorCode::OutcomeUnknown) => Verdict::Retry {
-                rediscover: true,
-                doubt: is_write,
-            },
+            Some(
+                ErrorCode::Unavailable
+                | ErrorCode::NoQuorum
+                | ErrorCode::ShuttingDown
+                | ErrorCode::OutcomeUnknown,
+            ) => retry,
             Some(_) => Verdict::Fail,
             // No envelope: a proxy or a crashed handler. Gateway errors are transient by nature;
             // treat them like their kvnode counterparts and everything else as final.
             None => match status {
-                502 | 504 => Verdict::Retry {
-                    rediscover: true,
-                    doubt: is_write,
-                },
-                503 => Verdict::Retry {
-                    rediscover: true,
-                    doubt: false,
-                },
+                502..=504 => retry,
                 _ => Verdict::Fail,
             },
         },
@@ -157,6 +124,7 @@ mod tests {
             code,
             message: "m".into(),
             leader: None,
+            retry_after: None,
         }
     }
 
@@ -183,6 +151,18 @@ mod tests {
         let waits: std::collections::HashSet<_> = (0..20).map(|_| policy.backoff(5, &mut rng)).collect();
         assert!(waits.len() > 10, "jitter should spread retries: {waits:?}");
         assert!(policy.backoff(0, &mut rng) <= policy.initial);
+    }
+
+    #[test]
+    fn the_server_s_retry_after_is_a_floor_on_the_wait() {
+        let policy = RetryPolicy::default();
+        let mut rng = StdRng::seed_from_u64(3);
+        for failures in 1..10 {
+            let wait = policy.wait(failures, Some(Duration::from_secs(2)), &mut rng);
+            assert_eq!(wait, Duration::from_secs(2), "{failures}");
+            assert!(policy.wait(failures, None, &mut rng) <= policy.max);
+            assert!(policy.wait(failures, Some(Duration::ZERO), &mut rng) >= policy.initial / 2);
+        }
     }
 
     #[test]
@@ -225,7 +205,11 @@ mod tests {
 
     #[test]
     fn no_leader_is_retried() {
-        for code in [ErrorCode::Unavailable, ErrorCode::ShuttingDown] {
+        for code in [
+            ErrorCode::Unavailable,
+            ErrorCode::NoQuorum,
+            ErrorCode::ShuttingDown,
+        ] {
             assert_eq!(
                 judge(&answered(503, Some(code)), true),
                 Verdict::Retry {
@@ -250,6 +234,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::TypeConflict,
             ErrorCode::IdempotencyKeyReused,
+            ErrorCode::IdempotencyKeyExpired,
             ErrorCode::ValueTooLarge,
             ErrorCode::Internal,
         ] {
@@ -276,12 +261,5 @@ mod tests {
             let verdict = judge(&answered(code.http_status(), Some(code)), true);
             assert_eq!(verdict != Verdict::Fail, retried, "{code:?}: {verdict:?}");
         }
-    }
-
-    #[test]
-    fn failures_describe_themselves() {
-        let f = answered(409, Some(ErrorCode::TypeConflict));
-        assert_eq!(f.describe(), "409 type_conflict: m");
-        assert_eq!(answered(502, None).describe(), "HTTP 502: m");
     }
 }

@@ -7,18 +7,37 @@
 //!   that still claims leadership in an older term (a deposed leader behind a partition) is not
 //!   it.
 //! - Lag comes from the leader's own replication progress, the only place it is measured; the
-//!   leader itself trails by 0. Without a reachable leader there is no lag to show.
+//!   leader itself trails by 0. Without a reachable leader there is no lag to show, and a
+//!   follower the leader has not heard from in its term has a lag nobody knows: both are `None`,
+//!   and the output tells the two apart.
 //! - The voters are the members the leader reports (else the highest-term answer's members,
-//!   else every node asked). There is a quorum when a leader is reachable and a majority of the
-//!   voters answer; the cluster survives as many more failures as it has answering voters
-//!   beyond that majority.
+//!   else every node asked). A voter *follows* the leader when it answers, works, and names
+//!   that leader in that term; the leader follows itself. There is a quorum when a majority of
+//!   the voters follow the leader. A node that still says it leads while most voters are down
+//!   or elsewhere is a leader without a quorum: it cannot commit anything, and kvctl says so
+//!   instead of calling it the leader. The cluster survives as many more failures as it has
+//!   following voters beyond that majority.
+//! - [`Health`] folds this into three states. Without a leader but with a majority answering,
+//!   an election can (and normally soon will) end: that is an election, not a lost quorum, and
+//!   `status --watch` does not log it as one.
 
 use std::time::Duration;
 
 use kvapi::{NodeId, Role, Status, Term};
 use serde::Serialize;
 
-use crate::client::NodeReport;
+/// One node's answer (or failure to answer) to a status request.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    /// The node's id: from the cluster file, else from its own answer.
+    pub id: Option<NodeId>,
+    /// Where it was asked.
+    pub address: String,
+    /// Its status, or why it could not be had.
+    pub result: Result<Status, String>,
+    /// How long the request took.
+    pub elapsed: Duration,
+}
 
 /// One node's row in the survey.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,7 +62,8 @@ pub struct NodeRow {
     pub snapshot_index: Option<u64>,
     /// Number of keys in this replica.
     pub keys: Option<u64>,
-    /// Entries behind the leader, as the leader measures it.
+    /// Entries behind the leader, as the leader measures it; `None` without a leader, or when
+    /// the leader does not know this node's progress.
     pub lag: Option<u64>,
     /// Response time in milliseconds (fractional).
     pub response_ms: f64,
@@ -66,12 +86,27 @@ pub struct Survey {
     pub voters: usize,
     /// Voters that answered.
     pub answering: usize,
+    /// Voters that answered and follow the leader, the leader included (0 without a leader).
+    pub following: usize,
     /// Voters needed for a quorum.
     pub quorum_size: usize,
-    /// Whether the cluster can make progress: a leader answers and a majority of voters do.
+    /// Whether the cluster can make progress: a majority of the voters follow the leader.
     pub quorum: bool,
     /// How many more voters may fail before the quorum is lost (0 without quorum).
     pub failures_tolerated: usize,
+}
+
+/// The cluster's state in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// A majority of the voters follow one leader: writes commit.
+    Quorum,
+    /// No leader that a majority follows, but a majority of the voters answer: an election can
+    /// end (or has just ended and the followers are learning of it).
+    Election,
+    /// Fewer than a majority of the voters answer: nothing can commit until nodes come back.
+    NoQuorum,
 }
 
 impl Survey {
@@ -94,20 +129,26 @@ impl Survey {
         // store entries: it does not count towards the quorum.
         let working = |s: &&&Status| s.role != Role::Shutdown;
         // Without a membership list every node asked counts as a voter.
-        let (voters, answering) = match membership {
-            Some(members) => (
-                members.len(),
-                answers
-                    .iter()
-                    .filter(working)
-                    .filter(|s| members.iter().any(|m| m.id == s.id))
-                    .count(),
-            ),
-            None => (reports.len().max(1), answers.iter().filter(working).count()),
+        let voting: Vec<&Status> = answers
+            .iter()
+            .filter(working)
+            .filter(|s| membership.is_none_or(|members| members.iter().any(|m| m.id == s.id)))
+            .copied()
+            .collect();
+        let voters = membership.map_or(reports.len().max(1), Vec::len);
+        let answering = voting.len();
+        let following = match leader_status {
+            Some(l) => voting
+                .iter()
+                .filter(|s| {
+                    s.id == l.id || (s.term == l.term && s.leader.as_ref().is_some_and(|h| h.id == l.id))
+                })
+                .count(),
+            None => 0,
         };
         let quorum_size = voters / 2 + 1;
-        let quorum = leader.is_some() && answering >= quorum_size;
-        let failures_tolerated = if quorum { answering - quorum_size } else { 0 };
+        let quorum = leader.is_some() && following >= quorum_size;
+        let failures_tolerated = if quorum { following - quorum_size } else { 0 };
 
         let nodes = reports
             .iter()
@@ -161,17 +202,64 @@ impl Survey {
             term,
             voters,
             answering,
+            following,
             quorum_size,
             quorum,
             failures_tolerated,
         }
     }
 
+    /// The cluster's state in one word.
+    pub fn health(&self) -> Health {
+        if self.quorum {
+            Health::Quorum
+        } else if self.answering >= self.quorum_size {
+            Health::Election
+        } else {
+            Health::NoQuorum
+        }
+    }
+
+    /// Why there is no leader with a quorum, for an error message; `None` when there is one.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if self.quorum {
+            return None;
+        }
+        let counts = format!(
+            "{} of {} voters answer, {} needed",
+            self.answering, self.voters, self.quorum_size
+        );
+        Some(match (self.leader, &self.leader_address, self.term) {
+            (Some(id), Some(address), Some(term)) => format!(
+                "node {id} ({address}) claims to lead term {term}, but only {} of {} voters answer \
+                 and follow it ({} needed): it has no quorum and cannot commit",
+                self.following, self.voters, self.quorum_size
+            ),
+            _ if self.answering == 0 => {
+                let first_error = self
+                    .nodes
+                    .iter()
+                    .find_map(|n| n.error.as_ref().map(|e| format!("{}: {e}", n.address)));
+                match first_error {
+                    Some(e) => format!("no node answered ({e})"),
+                    None => "no node answered".to_string(),
+                }
+            }
+            _ if self.answering >= self.quorum_size => {
+                format!("no leader elected ({counts}; an election may be under way)")
+            }
+            _ => format!("no leader and no quorum ({counts})"),
+        })
+    }
+
     /// One-line summary of who leads, for `status` and `status --watch`.
     pub fn leader_line(&self) -> String {
         match (self.leader, &self.leader_address, self.term) {
-            (Some(id), Some(addr), Some(term)) => {
+            (Some(id), Some(addr), Some(term)) if self.quorum => {
                 format!("Leader: node {id} ({addr}), term {term}")
+            }
+            (Some(id), Some(addr), Some(term)) => {
+                format!("Leader: none with a quorum; node {id} ({addr}) claims term {term}")
             }
             (_, _, Some(term)) => format!("Leader: none (highest term seen: {term})"),
             _ => "Leader: unknown (no node answered)".to_string(),
@@ -180,12 +268,22 @@ impl Survey {
 
     /// One-line summary of the quorum.
     pub fn quorum_line(&self) -> String {
-        if self.quorum {
+        if self.quorum && self.following == self.answering {
             format!(
                 "Quorum: yes ({} of {} voters answer, {} needed)",
                 self.answering, self.voters, self.quorum_size
             )
-        } else if self.leader.is_none() && self.answering >= self.quorum_size {
+        } else if self.quorum {
+            format!(
+                "Quorum: yes ({} of {} voters follow the leader, {} needed; {} answer)",
+                self.following, self.voters, self.quorum_size, self.answering
+            )
+        } else if let Some(id) = self.leader {
+            format!(
+                "Quorum: NO (only {} of {} voters answer and follow node {id}, {} needed)",
+                self.following, self.voters, self.quorum_size
+            )
+        } else if self.answering >= self.quorum_size {
             format!(
                 "Quorum: no leader ({} of {} voters answer, {} needed; an election may be under way)",
                 self.answering, self.voters, self.quorum_size
@@ -218,7 +316,9 @@ impl Survey {
 }
 
 /// What changed between two surveys that an operator watching should notice: a new leader, a
-/// lost leader, a new term. Empty when nothing did.
+/// lost leader, a new term, a quorum lost or regained. Empty when nothing did. An ordinary
+/// election (the leader gone, a majority still answering) changes the leader and the term but
+/// is not a lost quorum.
 pub fn changes(before: &Survey, after: &Survey) -> Vec<String> {
     let mut events = Vec::new();
     match (before.leader, after.leader) {
@@ -232,12 +332,14 @@ pub fn changes(before: &Survey, after: &Survey) -> Vec<String> {
             events.push(format!("term changed: {a} -> {b}"));
         }
     }
-    if before.quorum != after.quorum {
-        events.push(if after.quorum {
-            "quorum regained".to_string()
-        } else {
-            "quorum lost".to_string()
-        });
+    match (before.health(), after.health()) {
+        (Health::NoQuorum, Health::NoQuorum) => {}
+        (_, Health::NoQuorum) => events.push(format!(
+            "quorum lost: {} of {} voters answer, {} needed",
+            after.answering, after.voters, after.quorum_size
+        )),
+        (Health::NoQuorum, _) => events.push("quorum regained".to_string()),
+        _ => {}
     }
     events
 }
@@ -252,7 +354,7 @@ fn lag_of(id: NodeId, leader: Option<&Status>) -> Option<u64> {
         .as_ref()?
         .iter()
         .find(|f| f.id == id)
-        .map(|f| f.lag)
+        .and_then(|f| f.lag)
 }
 
 /// Response time for display: `1.2ms`, `35ms`, `1.5s`.
@@ -301,7 +403,7 @@ pub(crate) mod tests {
                     .map(|f| FollowerProgress {
                         id: f,
                         matched_index: Some(10 - f),
-                        lag: f,
+                        lag: Some(f),
                     })
                     .collect()
             }),
@@ -442,9 +544,109 @@ pub(crate) mod tests {
             vec![
                 "leader lost: node 1 no longer leads",
                 "term changed: 4 -> 5",
-                "quorum lost"
+                "quorum lost: 1 of 3 voters answer, 2 needed"
             ]
         );
+        assert_eq!(
+            changes(&lost, &after),
+            vec![
+                "leader elected: node 1",
+                "term changed: 5 -> 4",
+                "quorum regained"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ordinary_election_is_not_a_lost_quorum() {
+        let before = Survey::from_reports(&healthy());
+        // The leader died; the two others answer and have not elected a new one yet.
+        let electing = Survey::from_reports(&[
+            report(0, Err("connection refused")),
+            report(1, Ok(status(1, Role::Candidate, 4, None))),
+            report(2, Ok(status(2, Role::Follower, 4, None))),
+        ]);
+        assert_eq!(electing.health(), Health::Election);
+        assert_eq!(
+            changes(&before, &electing),
+            vec!["leader lost: node 0 no longer leads", "term changed: 3 -> 4"]
+        );
+        let elected = Survey::from_reports(&[
+            report(0, Err("connection refused")),
+            report(1, Ok(status(1, Role::Leader, 4, Some(1)))),
+            report(2, Ok(status(2, Role::Follower, 4, Some(1)))),
+        ]);
+        assert_eq!(elected.health(), Health::Quorum);
+        assert_eq!(changes(&electing, &elected), vec!["leader elected: node 1"]);
+        assert!(electing
+            .unavailable_reason()
+            .is_some_and(|r| r.contains("election may be under way")));
+    }
+
+    #[test]
+    fn a_leader_that_most_voters_do_not_follow_has_no_quorum() {
+        // Two of three nodes died; the old leader still says it leads.
+        let reports = vec![
+            report(0, Ok(status(0, Role::Leader, 1, Some(0)))),
+            report(1, Err("connection refused")),
+            report(2, Err("connection refused")),
+        ];
+        let s = Survey::from_reports(&reports);
+        assert_eq!(s.leader, Some(0), "the claim is still shown");
+        assert!(!s.quorum);
+        assert_eq!(s.health(), Health::NoQuorum);
+        assert_eq!((s.answering, s.following), (1, 1));
+        assert_eq!(
+            s.leader_line(),
+            "Leader: none with a quorum; node 0 (127.0.0.1:8000) claims term 1"
+        );
+        assert_eq!(
+            s.quorum_line(),
+            "Quorum: NO (only 1 of 3 voters answer and follow node 0, 2 needed)"
+        );
+        let reason = s.unavailable_reason().expect("no quorum");
+        assert!(
+            reason.starts_with("node 0 (127.0.0.1:8000) claims to lead term 1, but only 1 of 3"),
+            "{reason}"
+        );
+
+        // All answer, but the followers have moved to a newer term without a leader yet: the
+        // old leader is deposed, so no leader is claimed at all.
+        let reports = vec![
+            report(0, Ok(status(0, Role::Leader, 1, Some(0)))),
+            report(1, Ok(status(1, Role::Candidate, 2, None))),
+            report(2, Ok(status(2, Role::Follower, 2, None))),
+        ];
+        let s = Survey::from_reports(&reports);
+        assert_eq!((s.leader, s.quorum, s.health()), (None, false, Health::Election));
+
+        // A follower that does not name the leader (yet) does not count for it.
+        let reports = vec![
+            report(0, Ok(status(0, Role::Leader, 3, Some(0)))),
+            report(1, Ok(status(1, Role::Follower, 3, None))),
+            report(2, Err("connection refused")),
+        ];
+        let s = Survey::from_reports(&reports);
+        assert_eq!((s.answering, s.following, s.quorum), (2, 1, false));
+        assert_eq!(s.health(), Health::Election);
+    }
+
+    #[test]
+    fn a_follower_the_leader_has_not_heard_from_has_an_unknown_lag() {
+        let mut leader = status(0, Role::Leader, 3, Some(0));
+        if let Some(followers) = leader.followers.as_mut() {
+            followers[1].matched_index = None;
+            followers[1].lag = None;
+        }
+        let reports = vec![
+            report(0, Ok(leader)),
+            report(1, Ok(status(1, Role::Follower, 3, Some(0)))),
+            report(2, Err("connection refused")),
+        ];
+        let s = Survey::from_reports(&reports);
+        assert_eq!(s.nodes[1].lag, Some(1));
+        assert_eq!(s.nodes[2].lag, None);
+        assert_eq!(s.leader, Some(0));
     }
 
     #[test]

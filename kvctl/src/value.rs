@@ -5,6 +5,11 @@
 //! `'["cat","dog"]'`, `'{"a":1}'`, `true`), anything else is stored as a string
 //! (`kvctl put name "Kyle Chard"`). `--string` switches the guess off.
 //!
+//! The guess stops where a mistake is likelier than a string: text that starts like JSON (with
+//! `[`, `{` or `"`, after any leading whitespace) but does not parse is refused with the
+//! parser's complaint, since `'["cat",'` is a typo far more often than a wish to store those
+//! eight characters. `--string` stores such text as it is.
+//!
 //! Values read from stdin or a file lose exactly one trailing newline, because `echo` and
 //! editors add one that nobody means to store. An empty input is refused: it is almost always a
 //! mistake (an empty pipe, a wrong file), and an empty string can still be given as `''`.
@@ -31,6 +36,17 @@ pub enum ValueError {
     /// The bytes are not UTF-8 and so cannot be a JSON string.
     #[error("{0} is not valid UTF-8; values are JSON and must be text")]
     NotUtf8(&'static str),
+    /// The text starts like JSON but is not valid JSON.
+    #[error(
+        "{origin} starts like JSON but is not valid JSON ({reason}); fix it, or give --string \
+         to store the text as a string"
+    )]
+    BrokenJson {
+        /// Where the text came from.
+        origin: &'static str,
+        /// The JSON parser's complaint.
+        reason: String,
+    },
 }
 
 impl Source {
@@ -57,17 +73,23 @@ pub fn parse_value(raw: Vec<u8>, source: Source, force_string: bool) -> Result<V
             return Err(ValueError::Empty(source.describe()));
         }
     }
-    Ok(interpret(text, force_string))
+    interpret(text, force_string).map_err(|reason| ValueError::BrokenJson {
+        origin: source.describe(),
+        reason,
+    })
 }
 
-/// JSON when `text` is valid JSON and `force_string` is off; otherwise a JSON string.
-pub fn interpret(text: String, force_string: bool) -> Value {
-    if !force_string {
-        if let Ok(value) = serde_json::from_str::<Value>(&text) {
-            return value;
-        }
+/// JSON when `text` is valid JSON and `force_string` is off; otherwise a JSON string, unless
+/// the text starts like JSON, which is refused with the parser's complaint.
+pub fn interpret(text: String, force_string: bool) -> Result<Value, String> {
+    if force_string {
+        return Ok(Value::String(text));
     }
-    Value::String(text)
+    match serde_json::from_str::<Value>(&text) {
+        Ok(value) => Ok(value),
+        Err(e) if text.trim_start().starts_with(['[', '{', '"']) => Err(e.to_string()),
+        Err(_) => Ok(Value::String(text)),
+    }
 }
 
 #[cfg(test)]
@@ -93,10 +115,40 @@ mod tests {
     #[test]
     fn anything_else_is_a_string() {
         assert_eq!(arg("Kyle Chard"), json!("Kyle Chard"));
-        assert_eq!(arg("{not json"), json!("{not json"));
         assert_eq!(arg("42 apples"), json!("42 apples"));
+        assert_eq!(arg("cat]"), json!("cat]"));
+        assert_eq!(arg("x\"y\""), json!("x\"y\""));
         assert_eq!(arg(""), json!(""));
         assert_eq!(arg("  "), json!("  "));
+    }
+
+    #[test]
+    fn text_that_starts_like_json_must_be_json() {
+        for broken in [
+            r#"["cat","#,
+            "{not json",
+            r#""unclosed"#,
+            r#"  [1, 2"#,
+            "[1] 2",
+            r#""a" "b""#,
+        ] {
+            let err = parse_value(broken.as_bytes().to_vec(), Source::Argument, false).expect_err(broken);
+            let text = err.to_string();
+            assert!(
+                text.starts_with("the value starts like JSON but is not valid JSON ("),
+                "{text}"
+            );
+            assert!(text.contains("--string"), "{text}");
+        }
+        let err = parse_value(b"{\"a\":\n[1,\n".to_vec(), Source::File, false).expect_err("file");
+        assert!(err.to_string().contains("at line 2"), "{err}");
+        assert!(
+            err.to_string().starts_with("the value file starts like JSON"),
+            "{err}"
+        );
+        // --string stores the text as it is.
+        let v = parse_value(br#"["cat","#.to_vec(), Source::Argument, true).expect("string");
+        assert_eq!(v, json!(r#"["cat","#));
     }
 
     #[test]

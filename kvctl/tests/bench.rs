@@ -146,7 +146,10 @@ fn bench_refuses_bad_arguments_with_a_usage_error() {
     ] {
         let (code, _, err) = bench(&c, args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
-        assert!(err.starts_with("kvctl:") || err.contains("error:"), "{err}");
+        // `bench -o json` reports its errors as JSON too.
+        let error: serde_json::Value =
+            serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {err}"));
+        assert_eq!(error["error"]["code"], "usage", "{err}");
     }
 }
 

@@ -43,6 +43,23 @@ impl Run {
         assert!(lines[0].starts_with("kvctl: "), "{self:?}");
         lines[0].to_string()
     }
+
+    /// Assert failure with exit code `code` and one JSON error object on stderr, in the server's
+    /// shape, with error code `error_code`; return its `error` member.
+    #[track_caller]
+    fn fails_json(self, code: i32, error_code: &str) -> Value {
+        assert_eq!(self.code, code, "unexpected exit code: {self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one JSON object: {self:?}");
+        let v: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
+        let error = v["error"].clone();
+        assert_eq!(error["code"], json!(error_code), "{self:?}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{self:?}"
+        );
+        error
+    }
 }
 
 fn command(args: &[&str]) -> Command {
@@ -123,12 +140,27 @@ fn bad_input_gives_a_clear_error_and_the_documented_exit_code() {
         "{line}"
     );
 
-    // The default cluster file is ./cluster.toml, which the test's directory does not have.
-    let mut cmd = command(&["get", "k"]);
+    // Without --cluster, $KVCTL_CLUSTER or ./cluster.toml (the test's directory has none),
+    // kvctl talks to the local default cluster and says so with -v. Whether one runs on this
+    // machine is not the test's business: only that kvctl tried it, not a usage error.
+    let mut cmd = command(&["-v", "--timeout", "300ms", "get", "k"]);
     cmd.current_dir(&dir);
     let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("using the local default cluster of bin/cluster.sh, 127.0.0.1:8080"),
+        "{stderr}"
+    );
+    if out.status.code() == Some(3) {
+        assert!(stderr.contains("start it with bin/cluster.sh start"), "{stderr}");
+    }
+    // A cluster file that was named must exist.
+    let mut cmd = command(&["get", "k"]);
+    cmd.current_dir(&dir).env("KVCTL_CLUSTER", missing);
+    let out = cmd.output().expect("run");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.toml"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from $KVCTL_CLUSTER"));
 
     let line = run(&["--cluster", malformed_path, "status"]).fails(2);
     assert!(line.contains("malformed"), "{line}");
@@ -150,6 +182,57 @@ fn bad_input_gives_a_clear_error_and_the_documented_exit_code() {
 
     let line = run(&["--endpoints", "127.0.0.1:1", "put", "k", "--file", missing]).fails(2);
     assert!(line.contains("cannot read value file"), "{line}");
+
+    // A value that starts like JSON but is not JSON is a typo, not a string.
+    let line = run(&["--endpoints", "127.0.0.1:1", "put", "c", r#"["cat","#]).fails(2);
+    assert!(
+        line.contains("the value starts like JSON but is not valid JSON") && line.contains("--string"),
+        "{line}"
+    );
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, "{\"a\": [1,\n").expect("write");
+    let line = run(&[
+        "--endpoints",
+        "127.0.0.1:1",
+        "append",
+        "c",
+        "--file",
+        broken.to_str().expect("utf-8"),
+    ])
+    .fails(2);
+    assert!(line.contains("the value file starts like JSON"), "{line}");
+
+    // A write may not be retried after the cluster can have forgotten its idempotency key.
+    let line = run(&["--endpoints", "127.0.0.1:1", "--timeout", "20m", "put", "k", "1"]).fails(2);
+    assert!(line.contains("--timeout 20m is too long for a write"), "{line}");
+    assert!(line.contains("9m or less"), "{line}");
+
+    // With -o json every error is one JSON object in the server's shape: usage errors found
+    // by clap, by kvctl, and the cluster's unavailability.
+    let error = run(&["-o", "json", "--endpoints", "127.0.0.1:1", "frobnicate"]).fails_json(2, "usage");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("frobnicate")),
+        "{error}"
+    );
+    run(&["--endpoints", "127.0.0.1:1", "put", "c", r#"{"a":"#, "-o", "json"]).fails_json(2, "usage");
+    let error = run(&[
+        "-ojson",
+        "--endpoints",
+        "127.0.0.1:1",
+        "--timeout",
+        "500ms",
+        "get",
+        "k",
+    ])
+    .fails_json(3, "unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cluster unavailable")),
+        "{error}"
+    );
 
     // Nobody listens on port 1: the cluster is unavailable, reported within the timeout.
     let started = Instant::now();
@@ -231,6 +314,17 @@ fn every_command_prints_its_result_in_table_json_and_plain_form() {
     assert_eq!(k(&["get", "fresh"]).ok(), "[{\"n\":1}]\n");
     let line = k(&["append", "answer", "1"]).fails(5);
     assert!(line.contains("type_conflict"), "{line}");
+    let error = k(&["-o", "json", "append", "answer", "1"]).fails_json(5, "type_conflict");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains("APPEND")),
+        "{error}"
+    );
+    k(&["-o", "json", "get", "no-such-key"]).fails_json(1, "key_not_found");
+    // Broken JSON is refused before anything is sent; --string stores it as text.
+    k(&["put", "typo", r#"["cat","#]).fails(2);
+    k(&["get", "typo"]).fails(1);
+    k(&["put", "--string", "typo", r#"["cat","#]).ok();
+    assert_eq!(k(&["get", "typo"]).ok(), "\"[\\\"cat\\\",\"\n");
     assert_eq!(
         k(&["get", "answer"]).ok(),
         "42\n",
@@ -240,7 +334,7 @@ fn every_command_prints_its_result_in_table_json_and_plain_form() {
     // keys: sorted, by prefix, in three forms.
     assert_eq!(
         k(&["-o", "plain", "keys"]).ok(),
-        "answer\nfiled\nfresh\nname\nneg\nobj\npets\npiped\ntext\n"
+        "answer\nfiled\nfresh\nname\nneg\nobj\npets\npiped\ntext\ntypo\n"
     );
     assert_eq!(k(&["-o", "plain", "keys", "p"]).ok(), "pets\npiped\n");
     let table = k(&["keys", "p"]).ok();
@@ -461,6 +555,10 @@ fn appends_survive_a_leader_kill_and_status_reports_failures() {
         "{seen}"
     );
     assert!(seen.contains("term changed"), "{seen}");
+    assert!(
+        !seen.contains("quorum lost"),
+        "an election with 2 of 3 nodes answering is not a lost quorum: {seen}"
+    );
     assert_eq!(watch.interrupt(), 0);
 
     // One node down: its row carries the error, the command still succeeds.
@@ -473,6 +571,9 @@ fn appends_survive_a_leader_kill_and_status_reports_failures() {
         dead_row.contains("down") && dead_row.contains("connection refused"),
         "{table}"
     );
+    // The new leader never heard from the dead node in its term: its lag is unknown, not a
+    // made-up number.
+    assert!(dead_row.contains("unknown"), "{table}");
     assert!(
         table.contains("Quorum: yes (2 of 3 voters answer, 2 needed)"),
         "{table}"
@@ -481,6 +582,7 @@ fn appends_survive_a_leader_kill_and_status_reports_failures() {
     let status = json_of(&kvctl(&file, &["-o", "json", "status"]).ok());
     assert_eq!(status["leader"], json!(new_leader));
     assert!(status["nodes"][old_leader as usize]["error"].is_string());
+    assert_eq!(status["nodes"][old_leader as usize]["lag"], Value::Null);
 
     // Two of three down (the leader among them): no quorum, reported with exit code 3, and the
     // table still shows every node.
@@ -516,6 +618,56 @@ fn appends_survive_a_leader_kill_and_status_reports_failures() {
     );
     let stale = kvctl(&file, &["--consistency", "stale", "-o", "json", "get", "log"]).ok();
     assert_eq!(json_of(&stale)["served_by"], json!(survivor));
+}
+
+/// The issue's case: two of three nodes die and the leader survives. It still says it leads,
+/// but it cannot commit, and kvctl must not call it the leader; a write through it ends with
+/// the server's own answer, not with kvctl cutting it off.
+#[test]
+fn a_leader_that_lost_its_quorum_is_not_called_the_leader() {
+    let mut cluster = Cluster::start(3);
+    let file = cluster.cluster_file().to_path_buf();
+    let leader = cluster.wait_for_leader(Duration::from_secs(20));
+    // The followers must have heard of the leader, so that `leader` answers at once.
+    let answer = kvctl(&file, &["-o", "plain", "leader"]).ok();
+    assert!(answer.starts_with(&format!("{leader}\t")), "{answer}");
+    for id in cluster.ids().into_iter().filter(|id| *id != leader) {
+        cluster.kill(id);
+    }
+
+    let started = Instant::now();
+    let line = kvctl(&file, &["--timeout", "2s", "leader"]).fails(3);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        line.contains(&format!("node {leader} (")) && line.contains("claims to lead term"),
+        "{line}"
+    );
+    assert!(line.contains("only 1 of 3 voters answer and follow it"), "{line}");
+    kvctl(&file, &["-o", "json", "--timeout", "1s", "leader"]).fails_json(3, "unavailable");
+
+    let r = kvctl(&file, &["status"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("Leader: none with a quorum; node {leader} (")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("Quorum: NO (only 1 of 3 voters answer and follow node"),
+        "{r:?}"
+    );
+
+    // The write waits for the server's verdict: a 504 once its commit times out (openraft 0.9),
+    // or a 503 no-quorum answer (0.10). Either way the words are the server's.
+    let r = kvctl(&file, &["put", "k", "v"]);
+    let line = r.stderr.trim().to_string();
+    assert!(r.code == 3 || r.code == 4, "{r:?}");
+    assert!(
+        line.contains("504 outcome_unknown") || line.contains("503 unavailable"),
+        "{line}"
+    );
+    assert!(!line.contains("no answer within"), "{line}");
 }
 
 /// An HTTP/1.1 proxy in front of one node that forwards every request but swallows the answer

@@ -54,6 +54,21 @@ fn prompt_leader(repl: &mut PtySession) -> u64 {
     digits.parse().expect("a leader id")
 }
 
+/// Turn on the echo of typed and control characters (`^C`), as a terminal has it by default.
+/// Only safe while a command runs: at the prompt the line editor owns the terminal's modes.
+fn echo_control_characters(repl: &PtySession) {
+    use std::os::fd::AsRawFd;
+    let pty = repl.process().get_file_handle().expect("the pty");
+    let fd = pty.as_raw_fd();
+    // SAFETY: termios is plain data, filled by tcgetattr on a valid descriptor before use.
+    unsafe {
+        let mut mode: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut mode), 0, "tcgetattr");
+        mode.c_lflag |= libc::ECHO | libc::ECHOCTL;
+        assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &mode), 0, "tcsetattr");
+    }
+}
+
 /// Type `keys` (rexpect buffers until a newline, which a terminal never sends).
 fn type_keys(repl: &mut PtySession, keys: &str) {
     repl.send(keys).expect("type");
@@ -172,6 +187,27 @@ fn an_interactive_session_types_completes_survives_errors_and_remembers() {
     assert!(!listed.contains("appe"), "the dropped line never ran: {listed:?}");
     prompt_leader(&mut repl);
 
+    // Ctrl-C ends `status --watch`; what follows starts on a line of its own, not after the
+    // `^C` the terminal echoed.
+    enter(&mut repl, ".timer on");
+    prompt_leader(&mut repl);
+    enter(&mut repl, "status --watch 0.3");
+    repl.exp_string("Ctrl-C to stop").expect("a watch frame");
+    repl.exp_string("Fault tolerance").expect("the whole frame");
+    // While a command runs the terminal is in cooked mode; a real one echoes Ctrl-C as `^C`.
+    // rexpect switches echo off, so switch it back on for this command.
+    echo_control_characters(&repl);
+    repl.send_control('c').expect("Ctrl-C");
+    let (before, _) = repl.exp_regex(r"Time: \d+\.\d ms").expect("the timer line");
+    assert!(
+        before.ends_with("^C\r\n"),
+        "the timer line must start a line of its own: {:?}",
+        &before[before.len().saturating_sub(80)..]
+    );
+    prompt_leader(&mut repl);
+    enter(&mut repl, ".timer off");
+    prompt_leader(&mut repl);
+
     // The prompt follows a failover, and commands find the new leader on their own.
     cluster.kill(leader);
     let new_leader = cluster.wait_for_new_leader(leader, Duration::from_secs(30));
@@ -206,6 +242,25 @@ fn an_interactive_session_types_completes_survives_errors_and_remembers() {
         Some(Some(json!(["cat", "dog", {"x": 1}, "mouse", "mouse"])))
     );
     prompt_leader(&mut repl);
+
+    // The last follower dies: the leader still says it leads, but the prompt does not repeat
+    // the claim as if it were true.
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != new_leader)
+        .expect("a third node");
+    cluster.kill(follower);
+    enter(&mut repl, "");
+    let (_, prompt) = repl
+        .exp_regex(r"\n\r*kv\[(no quorum: node \d+ claims term \d+|no leader term=\d+)\]> ")
+        .expect("a prompt without a leader");
+    if prompt.contains("no quorum") {
+        assert!(
+            prompt.contains(&format!("node {new_leader} claims")),
+            "{prompt:?}"
+        );
+    }
     // Ctrl-D on an empty line leaves, with success.
     repl.send_control('d').expect("Ctrl-D");
     expect_exit(&mut repl, 0);
@@ -310,6 +365,29 @@ fn a_piped_script_runs_every_line_and_exits_with_the_first_failure() {
         "nothing runs after exit"
     );
 
+    // With -o json (or .output json) errors are JSON objects too, naming their line.
+    let run = run_script(
+        &["--cluster", &file, "-o", "json"],
+        "get missing-key\nput typo [\"cat\",\nget s2 -o table\n",
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    assert_eq!(errors[0]["error"]["code"], json!("key_not_found"));
+    assert!(
+        errors[0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("line 1: ")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(errors[1]["error"]["code"], json!("usage"));
+    assert_eq!(run.stdout, "\"two words\"\n");
+
     // A script of successes exits 0.
     let run = run_script(&["--cluster", &file], "get s2\nleader -o plain\n");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -335,6 +413,13 @@ fn repl_commands_work_without_a_cluster_and_bad_ones_are_usage_errors() {
         "help get is clap's help: {}",
         run.stdout
     );
+    for absent in ["--cluster", "--endpoints", "--version"] {
+        assert!(
+            !run.stdout.contains(absent),
+            "{absent} does nothing in the REPL: {}",
+            run.stdout
+        );
+    }
     for shown in ["json", "on", "stale"] {
         assert!(lines.contains(&shown), "{shown} in {lines:?}");
     }
@@ -354,7 +439,18 @@ fn repl_commands_work_without_a_cluster_and_bad_ones_are_usage_errors() {
         "{errors:?}"
     );
     assert!(errors[4].contains("line 13: already in the REPL"), "{errors:?}");
-    assert!(errors[5].starts_with("kvctl: line 14: "), "{errors:?}");
+    // `.output json` on line 3 made every error a JSON object, in the server's shape.
+    for (line, code) in errors
+        .iter()
+        .zip(["usage", "usage", "usage", "usage", "usage", "unavailable"])
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["error"]["code"], json!(code), "{line}");
+    }
+    assert!(
+        errors[5].contains(r#""message":"line 14: cluster unavailable"#),
+        "{errors:?}"
+    );
     assert!(
         run.stdout.contains("Time: "),
         ".timer on times commands: {}",

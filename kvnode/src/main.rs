@@ -58,11 +58,11 @@ struct Cli {
     max_value_bytes: usize,
 
     /// How long a request waits for a leader during an election before answering 503.
-    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    #[arg(long, value_name = "MS", default_value_t = kvapi::DEFAULT_LEADER_WAIT.as_millis() as u64)]
     leader_wait_ms: u64,
 
     /// How long a write waits for its commit before answering 504 (outcome unknown).
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = kvapi::DEFAULT_WRITE_TIMEOUT.as_millis() as u64)]
     write_timeout_ms: u64,
 
     /// Raft heartbeat interval.

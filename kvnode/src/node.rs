@@ -374,7 +374,7 @@ impl Node {
                     FollowerProgress {
                         id: *id,
                         matched_index,
-                        lag: matched_index.map_or(last + 1, |i| last.saturating_sub(i)),
+                        lag: matched_index.map(|i| last.saturating_sub(i)),
                     }
                 })
                 .collect()

@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -143,9 +143,12 @@ pub async fn run(
             _ = fatal_rx.wait_for(|f| f.is_some()) => {}
         }
     };
-    let client_result = axum::serve(http_listener.tap_io(no_delay), crate::client_api::router(node.clone()))
-        .with_graceful_shutdown(stop_serving)
-        .await;
+    let client_result = axum::serve(
+        http_listener.tap_io(no_delay),
+        crate::client_api::router(node.clone()),
+    )
+    .with_graceful_shutdown(stop_serving)
+    .await;
     let fatal = fatal_error(&node);
     info!("client API stopped; shutting down raft");
     let _ = stop_tx.send(true);

@@ -48,7 +48,7 @@ use crate::idem::{IdemRecord, IdemTable, Segment};
 use crate::types::{Batch, BatchResult, Command, JsonType, LogIndex, Op, OpOutcome, OpReply};
 
 /// How long (in log time) an idempotency record is kept after it was made.
-pub const IDEMPOTENCY_TTL_MS: u64 = 10 * 60 * 1000;
+pub const IDEMPOTENCY_TTL_MS: u64 = kvapi::IDEMPOTENCY_RETENTION.as_millis() as u64;
 /// Most one entry may move log time forward.
 pub const MAX_CLOCK_STEP_MS: u64 = 10_000;
 /// How far an idempotency key's time may be ahead of the proposing leader's clock.

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use kvapi::{ClusterFile, NodeAddr, NodeId, Role, Status};
 
-/// Path of the `kvnode` binary: `$KVNODE_BIN`, or next to the test executable's directory
-/// (`target/<profile>/kvnode`), built with cargo when missing.
+/// Path of the `kvnode` binary: `$KVNODE_BIN`, or the one next to the test executable's
+/// directory (`target/<profile>/kvnode`), built (or brought up to date) with cargo once per
+/// test process. `cargo test -p kvctl` does not build kvnode's binary by itself, and a stale
+/// one would test yesterday's server.
 pub fn kvnode_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -30,15 +32,14 @@ pub fn kvnode_bin() -> PathBuf {
             .parent()
             .and_then(Path::parent)
             .expect("test executable lives in target/<profile>/deps");
-        let bin = profile_dir.join("kvnode");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "kvnode", "--bin", "kvnode"])
-                .status()
-                .expect("run cargo build for kvnode");
-            assert!(status.success(), "building kvnode failed");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "kvnode", "--bin", "kvnode"]);
+        if profile_dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
         }
-        bin
+        let status = build.status().expect("run cargo build for kvnode");
+        assert!(status.success(), "building kvnode failed");
+        profile_dir.join("kvnode")
     })
     .clone()
 }

@@ -1,7 +1,8 @@
 //! What the REPL's line editor knows about kvctl: completion, greyed syntax hints, and the
 //! grammar both are derived from.
 //!
-//! Everything here is read off the clap definition in [`crate::cli`] rather than written out a
+//! Everything here is read off the REPL's clap definition ([`crate::cli::repl_grammar`], the
+//! one-shot grammar less the options that do nothing in a session) rather than written out a
 //! second time: the command names, their aliases, which options exist and which take a value,
 //! the values an enum option accepts, and the positional arguments. A new command or flag is
 //! therefore completed and hinted in the REPL as soon as the one-shot command line has it. The
@@ -22,7 +23,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::CommandFactory;
 use kvctl::Client;
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::{CmdKind, Highlighter};
@@ -32,7 +32,7 @@ use rustyline::{Context, Helper};
 use tokio::runtime::Runtime;
 
 use super::line::{lex, quote, ValueSlots, Word};
-use crate::cli::Cli;
+use crate::cli::repl_grammar;
 
 /// How long fetched key names are reused for completion.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -191,10 +191,10 @@ pub struct Grammar {
 }
 
 impl Grammar {
-    /// Read the grammar from [`Cli`]. `help` (the REPL has its own) and `repl` (already in
-    /// it) are left out.
+    /// Read the grammar from [`repl_grammar`]. `help` (the REPL has its own) and `repl`
+    /// (already in it) are left out.
     pub fn from_cli() -> Grammar {
-        let mut cli = Cli::command();
+        let mut cli = repl_grammar();
         // Building propagates the global options into every subcommand.
         cli.build();
         let commands = cli
@@ -591,6 +591,11 @@ mod tests {
         assert!(g.has_json_value("put") && g.has_json_value("append") && !g.has_json_value("get"));
         assert!(g.takes_value("put", "--file") && g.takes_value("get", "--timeout"));
         assert!(!g.takes_value("put", "--string") && !g.takes_value("put", "-ojson"));
+        let offered: Vec<String> = put.options.iter().filter_map(|o| o.long.clone()).collect();
+        for absent in ["cluster", "endpoints", "version"] {
+            assert!(!offered.iter().any(|o| o == absent), "{absent} in {offered:?}");
+        }
+        assert!(offered.iter().any(|o| o == "timeout"), "{offered:?}");
     }
 
     #[test]
