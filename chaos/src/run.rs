@@ -382,8 +382,13 @@ pub fn converge(cluster: &Cluster, timeout: Duration) -> bool {
     .is_some()
 }
 
-/// Read every key linearizably through kvctl's client, with a generous deadline.
-async fn final_reads(nodes: &[NodeEndpoint], keys: &[String], recorder: &Recorder) -> Result<(), RunError> {
+/// Read every key linearizably through kvctl's client, with a generous deadline, recording
+/// each read as a [`OpKind::FinalRead`] (what the checker takes as the final state).
+pub async fn final_reads(
+    nodes: &[NodeEndpoint],
+    keys: &[String],
+    recorder: &Recorder,
+) -> Result<(), RunError> {
     let client = workload::kvctl_client(nodes, Duration::from_secs(20))?;
     for key in keys {
         let invoke = recorder.now();
@@ -409,8 +414,14 @@ async fn final_reads(nodes: &[NodeEndpoint], keys: &[String], recorder: &Recorde
     Ok(())
 }
 
-/// Read every key from every replica's own copy (`consistency=stale`).
-async fn replica_reads(nodes: &[NodeEndpoint], keys: &[String], recorder: &Recorder) -> Result<(), RunError> {
+/// Read every key from every replica's own copy (`consistency=stale`), recording each read as
+/// a [`OpKind::ReplicaRead`]; call it once the cluster has converged, so that every replica
+/// must equal the final state.
+pub async fn replica_reads(
+    nodes: &[NodeEndpoint],
+    keys: &[String],
+    recorder: &Recorder,
+) -> Result<(), RunError> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

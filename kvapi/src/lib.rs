@@ -300,6 +300,12 @@ pub struct Status {
     pub last_log_index: Option<LogIndex>,
     /// Last log index covered by the latest snapshot.
     pub snapshot_index: Option<LogIndex>,
+    /// Last log index deleted from the log (compacted into a snapshot). A follower whose log
+    /// ends before it can only catch up from this node through a snapshot. A leader deletes
+    /// entries only once no replication still needs them, so this may trail `snapshot_index`
+    /// by more than the entries kept after a snapshot.
+    #[serde(default)]
+    pub purged_index: Option<LogIndex>,
     /// Voting members, sorted by id.
     pub members: Vec<Member>,
     /// On the leader: each follower's progress. Absent elsewhere.

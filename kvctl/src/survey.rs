@@ -396,6 +396,7 @@ pub(crate) mod tests {
             last_applied: Some(10),
             last_log_index: Some(10),
             snapshot_index: None,
+            purged_index: None,
             members: members(3),
             followers: (role == Role::Leader).then(|| {
                 (0..3)

@@ -389,6 +389,7 @@ impl Node {
             last_applied: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
             snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             members,
             followers,
             keys,

@@ -47,6 +47,25 @@ pub enum RunError {
     Fatal(String),
 }
 
+/// Log what the data directory holds before Raft starts from it: the bounds of the log and the
+/// snapshot. After a crash this says where the node was: e.g. a snapshot ahead of the log's
+/// end means it died after installing a snapshot and before purging the log it replaces
+/// (openraft purges the rest at startup).
+async fn log_what_was_found(data: &DataDir) {
+    use openraft::storage::RaftLogStorage;
+    let snapshot = data.sm.read().last_applied.map(|l| l.index);
+    // A failure to read is not reported here: Raft reads the same state next, and fails with
+    // the whole story.
+    if let Ok(log) = data.log.clone().get_log_state().await {
+        info!(
+            log_purged = ?log.last_purged_log_id.map(|l| l.index),
+            log_last = ?log.last_log_id.map(|l| l.index),
+            snapshot = ?snapshot,
+            "data directory opened"
+        );
+    }
+}
+
 /// Addresses a started node listens on.
 #[derive(Debug, Clone)]
 pub struct Bound {
@@ -104,6 +123,7 @@ pub async fn run(
         cluster: config.cluster.clone(),
     };
     let data = DataDir::open(&config.data_dir, &identity)?;
+    log_what_was_found(&data).await;
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
         config.id,
