@@ -1,0 +1,87 @@
+//! Test hooks inside the writer thread.
+//!
+//! With the `test-hooks` feature, tests can hold the writer back before its next write (to see
+//! that `append` returns before anything is on disk) and make its next write fail (to see an
+//! I/O error reach the callback and stop the store). Without the feature these are empty
+//! functions the compiler removes.
+
+use std::io;
+
+#[cfg(feature = "test-hooks")]
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Condvar, Mutex,
+};
+
+/// Hook state shared between a store and its writer thread.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    #[cfg(feature = "test-hooks")]
+    held: Mutex<HoldState>,
+    #[cfg(feature = "test-hooks")]
+    changed: Condvar,
+    #[cfg(feature = "test-hooks")]
+    fail_next: AtomicBool,
+}
+
+#[cfg(feature = "test-hooks")]
+#[derive(Default)]
+struct HoldState {
+    holds: usize,
+    writer_waiting: bool,
+}
+
+impl Hooks {
+    /// Called by the writer right before it writes a group.
+    pub(crate) fn before_write(&self) -> io::Result<()> {
+        #[cfg(feature = "test-hooks")]
+        {
+            let mut state = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            while state.holds > 0 {
+                state.writer_waiting = true;
+                self.changed.notify_all();
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            state.writer_waiting = false;
+            if self.fail_next.swap(false, Ordering::SeqCst) {
+                return Err(io::Error::other("injected write failure (test hook)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Hooks {
+    pub(crate) fn hold(&self) {
+        let mut state = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        state.holds += 1;
+    }
+
+    pub(crate) fn release(&self) {
+        let mut state = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        state.holds = state.holds.saturating_sub(1);
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn wait_until_writer_waits(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while !state.writer_waiting {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    pub(crate) fn fail_next_write(&self) {
+        self.fail_next.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,47 @@
+//! Tuning knobs of a [`LogStore`](crate::LogStore).
+//!
+//! The defaults suit a kvnode: segments large enough that rolling to a new one (an extra
+//! `fsync` plus a file creation) is rare, and a cache that holds the recent entries which
+//! replication to a slightly lagging follower rereads.
+
+/// Options for [`LogStore::open`](crate::LogStore::open).
+///
+/// Start from [`LogStoreOptions::default`] and change fields as needed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LogStoreOptions {
+    /// Size in bytes each segment file is preallocated to. A write group that does not fit in
+    /// what is left of the current segment starts a new one; a single group larger than this
+    /// gets a segment of its own that grows past this size. Default 64 MiB; at least 4 KiB.
+    pub segment_size: u64,
+    /// How many bytes of encoded entries that are already on disk stay in memory so reads need
+    /// no disk access. Entries not yet on disk are always in memory, on top of this budget.
+    /// Default 32 MiB; 0 keeps only unflushed entries.
+    pub cache_bytes: usize,
+}
+
+impl Default for LogStoreOptions {
+    fn default() -> Self {
+        LogStoreOptions {
+            segment_size: 64 * 1024 * 1024,
+            cache_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogStoreOptions {
+    /// The smallest accepted [`segment_size`](Self::segment_size).
+    pub const MIN_SEGMENT_SIZE: u64 = 4096;
+
+    /// Why these options cannot be used, if they cannot.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.segment_size < Self::MIN_SEGMENT_SIZE {
+            return Err(format!(
+                "segment_size {} is below the minimum of {} bytes",
+                self.segment_size,
+                Self::MIN_SEGMENT_SIZE
+            ));
+        }
+        Ok(())
+    }
+}
