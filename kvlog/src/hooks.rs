@@ -1,7 +1,8 @@
 //! Test hooks inside the writer thread.
 //!
-//! With the `test-hooks` feature, tests can hold the writer back before its next write (to see
-//! that `append` returns before anything is on disk) and make its next write fail (to see an
+//! With the `test-hooks` feature, tests can hold the writer back before it takes its next batch
+//! (to see that `append` returns before anything is on disk, and to put several operations into
+//! one write group) and make its next write fail (to see an
 //! I/O error reach the callback and stop the store). Without the feature these are empty
 //! functions the compiler removes.
 
@@ -32,8 +33,9 @@ struct HoldState {
 }
 
 impl Hooks {
-    /// Called by the writer right before it writes a group.
-    pub(crate) fn before_write(&self) -> io::Result<()> {
+    /// Called by the writer when it has received work, before it gathers the rest of the
+    /// queue into a batch: while a test holds the writer, it waits here.
+    pub(crate) fn pause_point(&self) {
         #[cfg(feature = "test-hooks")]
         {
             let mut state = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -43,6 +45,13 @@ impl Hooks {
                 state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
             }
             state.writer_waiting = false;
+        }
+    }
+
+    /// Called by the writer right before each write; fails it when a test asked for that.
+    pub(crate) fn before_write(&self) -> io::Result<()> {
+        #[cfg(feature = "test-hooks")]
+        {
             if self.fail_next.swap(false, Ordering::SeqCst) {
                 return Err(io::Error::other("injected write failure (test hook)"));
             }

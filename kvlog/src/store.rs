@@ -308,7 +308,8 @@ impl<C: RaftTypeConfig> LogStore<C> {
 
 #[cfg(feature = "test-hooks")]
 impl<C: RaftTypeConfig> LogStore<C> {
-    /// Test hook: the writer stops before its next write until the returned guard is dropped.
+    /// Test hook: once the writer receives work, it waits until the returned guard is dropped,
+    /// then takes everything queued by then as one batch.
     #[doc(hidden)]
     pub fn hold_writes(&self) -> WriteHold<C> {
         self.shared.hooks.hold();

@@ -98,6 +98,7 @@ impl<C: RaftTypeConfig> Writer<C> {
     /// Runs until the store drops its end of the queue, then finishes what is queued.
     pub(crate) fn run(mut self, rx: Receiver<Op<C>>) {
         while let Ok(first) = rx.recv() {
+            self.shared.hooks.pause_point();
             let mut group = Group::new();
             self.handle(first, &mut group);
             while let Ok(op) = rx.try_recv() {
