@@ -2,7 +2,7 @@
 //!
 //! With the `test-hooks` feature, tests can hold the writer back before it takes its next batch
 //! (to see that `append` returns before anything is on disk, and to put several operations into
-//! one write group) and make its next write fail (to see an
+//! one write group), see the order in which append callbacks fire and make its next write fail (to see an
 //! I/O error reach the callback and stop the store). Without the feature these are empty
 //! functions the compiler removes.
 
@@ -23,6 +23,8 @@ pub(crate) struct Hooks {
     changed: Condvar,
     #[cfg(feature = "test-hooks")]
     fail_next: AtomicBool,
+    #[cfg(feature = "test-hooks")]
+    fired: Mutex<Vec<u64>>,
 }
 
 #[cfg(feature = "test-hooks")]
@@ -46,6 +48,14 @@ impl Hooks {
             }
             state.writer_waiting = false;
         }
+    }
+
+    /// Called by the writer as it fires the callback of append number `batch`.
+    pub(crate) fn fired(&self, batch: u64) {
+        #[cfg(feature = "test-hooks")]
+        self.fired.lock().unwrap_or_else(|p| p.into_inner()).push(batch);
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = batch;
     }
 
     /// Called by the writer right before each write; fails it when a test asked for that.
@@ -88,6 +98,10 @@ impl Hooks {
                 .0;
         }
         true
+    }
+
+    pub(crate) fn fired_batches(&self) -> Vec<u64> {
+        self.fired.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn fail_next_write(&self) {

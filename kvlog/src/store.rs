@@ -318,6 +318,13 @@ impl<C: RaftTypeConfig> LogStore<C> {
         }
     }
 
+    /// Test hook: the appends whose callbacks fired so far, numbered 1, 2, ... in the order
+    /// `append` was called, listed in the order their callbacks fired.
+    #[doc(hidden)]
+    pub fn fired_appends(&self) -> Vec<u64> {
+        self.shared.hooks.fired_batches()
+    }
+
     /// Test hook: the writer's next write fails as if the disk had returned an error.
     #[doc(hidden)]
     pub fn fail_next_write(&self) {

@@ -81,7 +81,8 @@ struct Group<C: RaftTypeConfig> {
     records: Vec<(RecordKind, Vec<u8>)>,
     /// (batch, first index, first record position, record count) per append.
     appends: Vec<(u64, u64, usize, usize)>,
-    callbacks: Vec<IOFlushed<C>>,
+    /// (batch, callback) per append, in submission order.
+    callbacks: Vec<(u64, IOFlushed<C>)>,
 }
 
 impl<C: RaftTypeConfig> Group<C> {
@@ -123,7 +124,7 @@ impl<C: RaftTypeConfig> Writer<C> {
                 group
                     .records
                     .extend(payloads.into_iter().map(|p| (RecordKind::Entry, p)));
-                group.callbacks.push(callback);
+                group.callbacks.push((batch, callback));
             }
             Op::Truncate(payload) => group.records.push((RecordKind::Truncate, payload)),
             Op::Committed(payload) => self.pending_committed = Some(payload),
@@ -186,8 +187,9 @@ impl<C: RaftTypeConfig> Writer<C> {
         }
     }
 
-    fn complete(&self, callbacks: Vec<IOFlushed<C>>, failure: Option<String>) {
-        for callback in callbacks {
+    fn complete(&self, callbacks: Vec<(u64, IOFlushed<C>)>, failure: Option<String>) {
+        for (batch, callback) in callbacks {
+            self.shared.hooks.fired(batch);
             match &failure {
                 None => callback.io_completed(Ok(())),
                 Some(why) => callback.io_completed(Err(io::Error::other(why.clone()))),
