@@ -9,10 +9,7 @@
 use std::io;
 
 #[cfg(feature = "test-hooks")]
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Condvar, Mutex,
-};
+use std::sync::{Condvar, Mutex};
 
 /// Hook state shared between a store and its writer thread.
 #[derive(Default)]
@@ -21,8 +18,9 @@ pub(crate) struct Hooks {
     held: Mutex<HoldState>,
     #[cfg(feature = "test-hooks")]
     changed: Condvar,
+    /// Writes to let through before one fails; `None` when no failure is asked for.
     #[cfg(feature = "test-hooks")]
-    fail_next: AtomicBool,
+    fail_after: Mutex<Option<usize>>,
     #[cfg(feature = "test-hooks")]
     fired: Mutex<Vec<u64>>,
 }
@@ -62,8 +60,14 @@ impl Hooks {
     pub(crate) fn before_write(&self) -> io::Result<()> {
         #[cfg(feature = "test-hooks")]
         {
-            if self.fail_next.swap(false, Ordering::SeqCst) {
-                return Err(io::Error::other("injected write failure (test hook)"));
+            let mut fail_after = self.fail_after.lock().unwrap_or_else(|p| p.into_inner());
+            match *fail_after {
+                Some(0) => {
+                    *fail_after = None;
+                    return Err(io::Error::other("injected write failure (test hook)"));
+                }
+                Some(n) => *fail_after = Some(n - 1),
+                None => {}
             }
         }
         Ok(())
@@ -104,7 +108,7 @@ impl Hooks {
         self.fired.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn fail_next_write(&self) {
-        self.fail_next.store(true, Ordering::SeqCst);
+    pub(crate) fn fail_write_after(&self, writes: usize) {
+        *self.fail_after.lock().unwrap_or_else(|p| p.into_inner()) = Some(writes);
     }
 }

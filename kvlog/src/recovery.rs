@@ -71,6 +71,8 @@ pub(crate) struct Opened<C: RaftTypeConfig> {
     pub(crate) active_id: u64,
     pub(crate) active_offset: u64,
     pub(crate) next_group: u64,
+    /// Per open segment, the highest index of any entry record in it (live or not).
+    pub(crate) max_index: BTreeMap<u64, Option<u64>>,
     pub(crate) pristine: bool,
     pub(crate) repair: Option<TailRepair>,
 }
@@ -165,8 +167,23 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         }
     }
 
+    if meta.purged.is_none() {
+        if let Some(&first) = ids.first().filter(|&&id| id != 1) {
+            // Segments are deleted only after a purge is recorded.
+            return Err(OpenError::corrupt(
+                segment_path(dir, first),
+                0,
+                format!(
+                    "nothing was ever purged, yet the log starts at segment {first}: {} is missing",
+                    segment_path(dir, 1).display()
+                ),
+            ));
+        }
+    }
+
     let mut replay = Replay::<C> {
         purged: meta.purged.clone(),
+        max_index: BTreeMap::new(),
         live: VecDeque::new(),
         committed: None,
         prev_group: None,
@@ -219,6 +236,18 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
             live.pop_front();
         }
         if let Some((first, loc)) = live.front() {
+            if first.index != p.index + 1 {
+                return Err(OpenError::corrupt(
+                    segment_path(dir, loc.segment),
+                    loc.offset,
+                    format!(
+                        "the log continues at entry {first} but the meta file says it was purged only up to {p}: \
+                         entries {} to {} are missing",
+                        p.index + 1,
+                        first.index - 1
+                    ),
+                ));
+            }
             if first.leader_id < p.leader_id {
                 return Err(OpenError::corrupt(
                     segment_path(dir, loc.segment),
@@ -274,6 +303,12 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         sync_dir(dir).map_err(|e| OpenError::io("sync log directory", dir, e))?;
     }
 
+    let mut max_index = replay.max_index;
+    max_index.retain(|id, _| segments.contains_key(id));
+    for id in segments.keys() {
+        max_index.entry(*id).or_insert(None);
+    }
+
     let pristine = meta.vote.is_none()
         && meta.purged.is_none()
         && meta.committed.is_none()
@@ -289,6 +324,7 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         active_id,
         active_offset,
         next_group: next_group.max(1),
+        max_index,
         pristine,
         repair,
     })
@@ -310,6 +346,8 @@ fn zero_range(file: &File, from: u64, to: u64) -> io::Result<()> {
 struct Replay<C: RaftTypeConfig> {
     /// The purged log id from the meta file.
     purged: Option<LogIdOf<C>>,
+    /// Per segment, the highest index of any entry record in it.
+    max_index: BTreeMap<u64, Option<u64>>,
     live: VecDeque<(LogIdOf<C>, Loc)>,
     committed: Option<LogIdOf<C>>,
     /// (sequence, start offset, segment) of the last group seen.
@@ -344,6 +382,7 @@ impl<C: RaftTypeConfig> Replay<C> {
             }
         }
         self.max_group = self.max_group.max(first_group.saturating_sub(1));
+        self.max_index.insert(id, None);
 
         let mut pos = SEGMENT_HEADER_LEN as usize;
         let damage: Option<&'static str> = loop {
@@ -421,6 +460,8 @@ impl<C: RaftTypeConfig> Replay<C> {
                         return Err(format!("entry {log_id} does not follow entry {last}"));
                     }
                 }
+                let seg_max = self.max_index.entry(segment).or_insert(None);
+                *seg_max = Some(seg_max.map_or(log_id.index, |m| m.max(log_id.index)));
                 let len = payload.len() as u32;
                 self.live.push_back((log_id, Loc { segment, offset, len }));
                 Ok(false)

@@ -378,12 +378,6 @@ impl<C: RaftTypeConfig> Inner<C> {
         }
     }
 
-    /// The segment holding the first live entry that is on disk; segments before it hold
-    /// nothing live. `None` when the first live entry is not on disk yet or there is none.
-    pub(crate) fn first_live_segment(&self) -> Option<u64> {
-        self.slots.front().and_then(|s| s.loc).map(|l| l.segment)
-    }
-
     fn plan_read(&self, start: u64, end: u64) -> io::Result<Vec<Planned<C>>>
     where
         C::Entry: Clone,

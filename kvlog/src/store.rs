@@ -181,6 +181,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             failed: None,
             pending_committed: None,
             buf: Vec::new(),
+            max_index: opened.max_index,
         };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -328,7 +329,14 @@ impl<C: RaftTypeConfig> LogStore<C> {
     /// Test hook: the writer's next write fails as if the disk had returned an error.
     #[doc(hidden)]
     pub fn fail_next_write(&self) {
-        self.shared.hooks.fail_next_write();
+        self.shared.hooks.fail_write_after(0);
+    }
+
+    /// Test hook: the writer lets `writes` more writes (segment groups or meta files) through,
+    /// then the next one fails.
+    #[doc(hidden)]
+    pub fn fail_write_after(&self, writes: usize) {
+        self.shared.hooks.fail_write_after(writes);
     }
 }
 
@@ -410,7 +418,7 @@ where
                 (),
                 Op::Meta {
                     bytes,
-                    purge: false,
+                    purged: None,
                     done: Some(done),
                 },
             ))
@@ -475,7 +483,8 @@ where
             return Ok(());
         }
         self.submit(|inner| {
-            inner.purge_upto(log_id.index);
+            let index = log_id.index;
+            inner.purge_upto(index);
             inner.purged = Some(log_id);
             // The meta file records the new purge point before the writer deletes anything,
             // so a crash in between never leaves a hole.
@@ -484,7 +493,7 @@ where
                 (),
                 Op::Meta {
                     bytes,
-                    purge: true,
+                    purged: Some(index),
                     done: None,
                 },
             ))

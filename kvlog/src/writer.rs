@@ -20,6 +20,7 @@
 //! and the store refuses new writes. Continuing after a failed `fdatasync` is unsafe because the
 //! kernel may have dropped the dirty pages it could not write.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -48,10 +49,11 @@ pub(crate) enum Op<C: RaftTypeConfig> {
     Truncate(Vec<u8>),
     /// An encoded committed hint.
     Committed(Vec<u8>),
-    /// A complete new meta file; `purge` says whether segments may be deleted afterwards.
+    /// A complete new meta file. `purged` is the purge point it records when it was written for
+    /// a purge: once the file is durable, segments holding only entries up to there can go.
     Meta {
         bytes: Vec<u8>,
-        purge: bool,
+        purged: Option<u64>,
         done: Option<oneshot::Sender<io::Result<()>>>,
     },
 }
@@ -74,6 +76,8 @@ pub(crate) struct Writer<C: RaftTypeConfig> {
     pub(crate) failed: Option<String>,
     pub(crate) pending_committed: Option<Vec<u8>>,
     pub(crate) buf: Vec<u8>,
+    /// Per open segment, the highest index of any entry record written to it (live or not).
+    pub(crate) max_index: BTreeMap<u64, Option<u64>>,
 }
 
 /// Records gathered for one group, with what to do once they are durable.
@@ -128,11 +132,11 @@ impl<C: RaftTypeConfig> Writer<C> {
             }
             Op::Truncate(payload) => group.records.push((RecordKind::Truncate, payload)),
             Op::Committed(payload) => self.pending_committed = Some(payload),
-            Op::Meta { bytes, purge, done } => {
+            Op::Meta { bytes, purged, done } => {
                 // Everything queued before the meta change must be durable before it.
                 let before = std::mem::replace(group, Group::new());
                 self.flush(before, false);
-                let result = self.replace_meta(&bytes, purge);
+                let result = self.replace_meta(&bytes, purged);
                 if let Some(done) = done {
                     // The caller may have given up waiting; the meta file is written anyway.
                     let _ = done.send(result);
@@ -162,6 +166,16 @@ impl<C: RaftTypeConfig> Writer<C> {
         match self.write_group(&group.records) {
             Ok(offsets) => {
                 let segment = self.active.id;
+                let written_max = group
+                    .appends
+                    .iter()
+                    .filter(|a| a.3 > 0)
+                    .map(|&(_, first_index, _, count)| first_index + count as u64 - 1)
+                    .max();
+                if let Some(m) = written_max {
+                    let slot = self.max_index.entry(segment).or_insert(None);
+                    *slot = Some(slot.map_or(m, |old| old.max(m)));
+                }
                 let mut inner = self.shared.lock();
                 for &(batch, first_index, first_record, count) in &group.appends {
                     let locs: Vec<Loc> = (first_record..first_record + count)
@@ -244,6 +258,7 @@ impl<C: RaftTypeConfig> Writer<C> {
             self.segment_size,
         )?);
         self.shared.lock().segments.insert(next_id, file.clone());
+        self.max_index.insert(next_id, None);
         self.active = Active {
             id: next_id,
             file,
@@ -252,7 +267,7 @@ impl<C: RaftTypeConfig> Writer<C> {
         Ok(())
     }
 
-    fn replace_meta(&mut self, bytes: &[u8], purge: bool) -> io::Result<()> {
+    fn replace_meta(&mut self, bytes: &[u8], purged: Option<u64>) -> io::Result<()> {
         if let Some(why) = &self.failed {
             return Err(io::Error::other(why.clone()));
         }
@@ -266,25 +281,30 @@ impl<C: RaftTypeConfig> Writer<C> {
             self.fail(why.clone());
             return Err(io::Error::other(why));
         }
-        if purge {
-            self.delete_purged_segments();
+        if let Some(purged) = purged {
+            self.delete_purged_segments(purged);
         }
         Ok(())
     }
 
-    /// Deletes the segments that hold nothing live any more, oldest first. A deletion that
-    /// fails only leaves dead data behind (recovery skips purged entries), so it is logged and
-    /// the remaining deletions wait for the next purge, keeping the surviving segments a
-    /// contiguous range.
-    fn delete_purged_segments(&mut self) {
-        let doomed: Vec<u64> = {
-            let inner = self.shared.lock();
-            let keep_from = inner
-                .first_live_segment()
-                .unwrap_or(self.active.id)
-                .min(self.active.id);
-            inner.segments.range(..keep_from).map(|(id, _)| *id).collect()
-        };
+    /// Deletes, oldest first, the segments in which every entry record has an index of at most
+    /// `purged`, the purge point that the meta file now holds durably.
+    ///
+    /// The rule looks only at what the segments hold, never at the in-memory state: that state
+    /// may already reflect a later purge whose meta file is not written yet, and deleting on its
+    /// behalf would leave a hole if the process died before that write. Entries that a
+    /// truncation removed still count, which only keeps a segment a little longer.
+    ///
+    /// A deletion that fails only leaves dead data behind (recovery skips purged entries), so it
+    /// is logged and the remaining deletions wait for the next purge, keeping the surviving
+    /// segments a contiguous range.
+    fn delete_purged_segments(&mut self, purged: u64) {
+        let doomed: Vec<u64> = self
+            .max_index
+            .range(..self.active.id)
+            .take_while(|(_, max)| max.is_none_or(|m| m <= purged))
+            .map(|(id, _)| *id)
+            .collect();
         if doomed.is_empty() {
             return;
         }
@@ -295,6 +315,7 @@ impl<C: RaftTypeConfig> Writer<C> {
                 break;
             }
             self.shared.lock().segments.remove(&id);
+            self.max_index.remove(&id);
         }
         if let Err(e) = sync_dir(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "kvlog: cannot sync the directory after deleting segments");

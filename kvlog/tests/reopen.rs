@@ -286,3 +286,29 @@ async fn appends_that_would_leave_a_hole_are_refused() {
         .await
         .expect("the right next entry");
 }
+
+#[tokio::test]
+async fn segments_are_deleted_only_for_a_purge_that_is_on_disk() {
+    // Two purges queued together. The first meta file write succeeds, the second fails, as if
+    // the process had died between them. Segments may be deleted for the first purge only:
+    // the in-memory state already reflects the second, and deleting on its behalf would leave
+    // the log with a hole between the purge point on disk and the first entry left.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = open_small(dir.path());
+        for first in (1..=400).step_by(10) {
+            append(&mut store, entries(1, first, 10)).await.expect("append");
+        }
+        let hold = store.hold_writes();
+        store.purge(log_id(1, 5)).await.expect("purge 5");
+        store.purge(log_id(1, 380)).await.expect("purge 380");
+        store.fail_write_after(1);
+        assert!(hold.wait_until_blocked(std::time::Duration::from_secs(10)));
+        drop(hold);
+        assert!(store.close().is_err(), "the second meta write was made to fail");
+    }
+    let mut store = open_small(dir.path());
+    assert_eq!(store.purged(), Some(log_id(1, 5)));
+    let indexes: Vec<u64> = all_ids(&mut store).await.iter().map(|id| id.index).collect();
+    assert_eq!(indexes, (6..=400).collect::<Vec<_>>());
+}

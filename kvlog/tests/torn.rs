@@ -397,3 +397,39 @@ async fn a_shortened_last_segment_is_extended_again() {
     );
     append(&mut store, entries(1, 6, 1)).await.expect("append");
 }
+
+#[tokio::test]
+async fn a_missing_first_segment_is_refused() {
+    async fn write(dir: &Path, purge: Option<u64>) {
+        let mut store = open_small(dir);
+        for first in (1..=300).step_by(10) {
+            append(&mut store, entries(1, first, 10)).await.expect("append");
+        }
+        if let Some(p) = purge {
+            store.purge(log_id(1, p)).await.expect("purge");
+        }
+        store.close().expect("close");
+    }
+
+    // Nothing purged: segment 1 must be there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), None).await;
+    std::fs::remove_file(&segments(dir.path())[0]).expect("remove");
+    let msg = refused(dir.path()).to_string();
+    assert!(
+        msg.contains("00000000000000000001.seg") && msg.contains("missing"),
+        "{msg}"
+    );
+
+    // Purged up to 5, but the segment holding 6.. is gone.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), Some(5)).await;
+    let segs = segments(dir.path());
+    assert!(
+        segs[0].ends_with("00000000000000000001.seg"),
+        "segment 1 still holds live entries"
+    );
+    std::fs::remove_file(&segs[0]).expect("remove");
+    let msg = refused(dir.path()).to_string();
+    assert!(msg.contains("entries 6 to"), "{msg}");
+}
