@@ -442,10 +442,13 @@ impl<C: RaftTypeConfig> Replay<C> {
                 let log_id = entry.log_id();
                 if let Some((last, _)) = self.live.back() {
                     let follows = log_id.index == last.index + 1;
-                    let past_purge = self
-                        .purged
-                        .as_ref()
-                        .is_some_and(|p| last.index <= p.index && log_id.index > p.index);
+                    // A forward jump is how the log continues after a purge past its end (a
+                    // snapshot install). Only a purge recorded in the meta file explains one, and
+                    // only when everything before the jump is purged. The new entry may itself be
+                    // purged by a later purge; the final check against the purge point catches a
+                    // hole either way.
+                    let past_purge = log_id.index > last.index + 1
+                        && self.purged.as_ref().is_some_and(|p| last.index <= p.index);
                     if follows || past_purge {
                         if log_id.leader_id < last.leader_id {
                             return Err(format!(
@@ -715,6 +718,17 @@ mod tests {
         ];
         let opened = open(&make_dir(&recs, Some((2, 5)))).expect("jump past the purge");
         assert_eq!(indexes(&opened), vec![6, 7]);
+        // A later purge may have covered the start of what followed the jump too.
+        let opened = open(&make_dir(&recs, Some((2, 6)))).expect("jump, then a purge beyond it");
+        assert_eq!(indexes(&opened), vec![7]);
+        // Backwards is never a jump: that needs a truncation marker.
+        let back = [
+            Rec::Entry(1, 1),
+            Rec::Entry(1, 2),
+            Rec::Entry(1, 3),
+            Rec::Entry(2, 2),
+        ];
+        assert!(corrupt_reason(&make_dir(&back, Some((1, 3)))).contains("does not follow"));
         assert!(corrupt_reason(&make_dir(&recs, Some((1, 2)))).contains("does not follow"));
     }
 

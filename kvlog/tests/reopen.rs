@@ -312,3 +312,20 @@ async fn segments_are_deleted_only_for_a_purge_that_is_on_disk() {
     let indexes: Vec<u64> = all_ids(&mut store).await.iter().map(|id| id.index).collect();
     assert_eq!(indexes, (6..=400).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn two_purges_past_the_end_with_appends_between_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = open_small(dir.path());
+        append(&mut store, entries(1, 1, 10)).await.expect("append");
+        store.purge(log_id(2, 20)).await.expect("purge past the end");
+        append(&mut store, entries(2, 21, 10)).await.expect("append");
+        store.purge(log_id(2, 25)).await.expect("purge");
+    }
+    let mut store = open_small(dir.path());
+    assert_eq!(
+        all_ids(&mut store).await,
+        (26..=30).map(|i| log_id(2, i)).collect::<Vec<_>>()
+    );
+}
