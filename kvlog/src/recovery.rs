@@ -191,8 +191,8 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         records: 0,
     };
     let mut segments = BTreeMap::new();
-    let mut active: Option<(u64, u64, bool)> = None;
-    let mut repair = None;
+    // (id, path, end of the log in it, sealed, torn range, file length) of the last segment.
+    let mut last = None;
     for (n, &id) in ids.iter().enumerate() {
         let is_last = n + 1 == ids.len();
         let path = segment_path(dir, id);
@@ -203,30 +203,10 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
             .write(is_last)
             .open(&path)
             .map_err(|e| OpenError::io("open segment", &path, e))?;
-        if is_last {
-            if let Some((from, to)) = torn {
-                zero_range(&file, from, to).map_err(|e| OpenError::io("repair torn tail of", &path, e))?;
-                tracing::warn!(
-                    path = %path.display(), offset = from, bytes = to - from,
-                    "kvlog: cut off a torn write at the end of the log"
-                );
-                repair = Some(TailRepair {
-                    path: path.clone(),
-                    offset: from,
-                    bytes: to - from,
-                });
-            }
-            if (data.len() as u64) < options.segment_size {
-                // A shortened file (copied, or cut by hand) gets its preallocation back.
-                preallocate(&file, options.segment_size)
-                    .map_err(|e| OpenError::io("preallocate", &path, e))?;
-            }
-            if repair.is_some() || (data.len() as u64) < options.segment_size {
-                file.sync_all().map_err(|e| OpenError::io("sync", &path, e))?;
-            }
-            active = Some((id, end, sealed));
-        }
         segments.insert(id, Arc::new(file));
+        if is_last {
+            last = Some((id, path, end, sealed, torn, data.len() as u64));
+        }
     }
 
     let purged = meta.purged.clone();
@@ -269,38 +249,72 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         }
     }
 
-    // Finish a purge that was recorded in the meta file but not yet applied to the segments.
-    let (active_id, active_offset, next_group) = match active {
-        Some((id, end, false)) => (id, end, replay.max_group + 1),
-        Some((id, _, true)) => {
-            let next_group = replay.max_group + 1;
-            let path = segment_path(dir, id + 1);
-            let file = create_segment(dir, id + 1, next_group, options.segment_size)
-                .map_err(|e| OpenError::io("create segment", &path, e))?;
-            segments.insert(id + 1, Arc::new(file));
-            (id + 1, SEGMENT_HEADER_LEN, next_group)
+    // Everything checked out. Only now change files, so that a refused open leaves them as
+    // they were.
+    let mut repair = None;
+    let (active_id, active_offset) = match last {
+        Some((id, path, end, sealed, torn, len)) => {
+            let file = segments
+                .get(&id)
+                .cloned()
+                .expect("the last segment was opened above");
+            if let Some((from, to)) = torn {
+                zero_range(&file, from, to).map_err(|e| OpenError::io("repair torn tail of", &path, e))?;
+                tracing::warn!(
+                    path = %path.display(), offset = from, bytes = to - from,
+                    "kvlog: cut off a torn write at the end of the log"
+                );
+                repair = Some(TailRepair {
+                    path: path.clone(),
+                    offset: from,
+                    bytes: to - from,
+                });
+            }
+            if len < options.segment_size {
+                // A shortened file (copied, or cut by hand) gets its preallocation back.
+                preallocate(&file, options.segment_size)
+                    .map_err(|e| OpenError::io("preallocate", &path, e))?;
+                file.sync_all().map_err(|e| OpenError::io("sync", &path, e))?;
+            }
+            if sealed {
+                // The process died between sealing this segment and creating the next.
+                let next = segment_path(dir, id + 1);
+                let file = create_segment(dir, id + 1, replay.max_group + 1, options.segment_size)
+                    .map_err(|e| OpenError::io("create segment", &next, e))?;
+                segments.insert(id + 1, Arc::new(file));
+                (id + 1, SEGMENT_HEADER_LEN)
+            } else {
+                (id, end)
+            }
         }
         None => {
             let path = segment_path(dir, 1);
             let file = create_segment(dir, 1, 1, options.segment_size)
                 .map_err(|e| OpenError::io("create segment", &path, e))?;
             segments.insert(1, Arc::new(file));
-            (1, SEGMENT_HEADER_LEN, 1)
+            (1, SEGMENT_HEADER_LEN)
         }
     };
-    let keep_from = live
-        .front()
-        .map(|(_, loc)| loc.segment)
-        .unwrap_or(active_id)
-        .min(active_id);
-    let doomed: Vec<u64> = segments.range(..keep_from).map(|(id, _)| *id).collect();
-    if !doomed.is_empty() {
-        for id in doomed {
-            let path = segment_path(dir, id);
-            fs::remove_file(&path).map_err(|e| OpenError::io("delete purged segment", &path, e))?;
-            segments.remove(&id);
+    let next_group = replay.max_group + 1;
+
+    // Finish a purge that the meta file records but whose segments were not all deleted: the
+    // same rule as the writer's, oldest first, every entry record at or below the purge point.
+    if let Some(p) = &purged {
+        let doomed: Vec<u64> = replay
+            .max_index
+            .iter()
+            .filter(|(id, _)| **id < active_id)
+            .take_while(|(_, max)| max.is_none_or(|m| m <= p.index))
+            .map(|(id, _)| *id)
+            .collect();
+        if !doomed.is_empty() {
+            for id in doomed {
+                let path = segment_path(dir, id);
+                fs::remove_file(&path).map_err(|e| OpenError::io("delete purged segment", &path, e))?;
+                segments.remove(&id);
+            }
+            sync_dir(dir).map_err(|e| OpenError::io("sync log directory", dir, e))?;
         }
-        sync_dir(dir).map_err(|e| OpenError::io("sync log directory", dir, e))?;
     }
 
     let mut max_index = replay.max_index;
@@ -323,7 +337,7 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         segments,
         active_id,
         active_offset,
-        next_group: next_group.max(1),
+        next_group,
         max_index,
         pristine,
         repair,

@@ -329,3 +329,24 @@ async fn two_purges_past_the_end_with_appends_between_survive_a_reopen() {
         (26..=30).map(|i| log_id(2, i)).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn a_log_truncated_to_nothing_across_segments_reopens_again_and_again() {
+    // Nothing is purged, so no segment may be deleted, even though none holds a live entry.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut store = open_small(dir.path());
+        for first in (1..=300).step_by(10) {
+            append(&mut store, entries(1, first, 10)).await.expect("append");
+        }
+        store.truncate_after(None).await.expect("truncate all");
+        append(&mut store, entries(2, 1, 5)).await.expect("append");
+    }
+    for _ in 0..3 {
+        let mut store = open_small(dir.path());
+        assert_eq!(
+            all_ids(&mut store).await,
+            (1..=5).map(|i| log_id(2, i)).collect::<Vec<_>>()
+        );
+    }
+}

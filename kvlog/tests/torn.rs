@@ -430,6 +430,12 @@ async fn a_missing_first_segment_is_refused() {
         "segment 1 still holds live entries"
     );
     std::fs::remove_file(&segs[0]).expect("remove");
+    // A torn tail as well: it must not be repaired by an open that then refuses.
+    let last = last_segment(dir.path());
+    let tail = *entry_records(&last).last().expect("records");
+    flip_byte(&last, tail.payload_at());
+    let before = snapshot(dir.path());
     let msg = refused(dir.path()).to_string();
     assert!(msg.contains("entries 6 to"), "{msg}");
+    assert_eq!(snapshot(dir.path()), before, "a refused open changed files");
 }
