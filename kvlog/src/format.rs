@@ -51,6 +51,8 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 40;
 /// Size of a record header.
 pub(crate) const RECORD_HEADER_LEN: usize = 32;
+/// The largest payload a record can frame (its length field is a u32).
+pub(crate) const MAX_PAYLOAD: usize = u32::MAX as usize;
 /// Records start at offsets that are multiples of this, so recovery can look for intact records
 /// past a damaged one without trying every byte offset.
 pub(crate) const ALIGN: usize = 8;
@@ -121,7 +123,7 @@ pub(crate) fn encode_record(
     group_start: u64,
     payload: &[u8],
 ) {
-    let len = u32::try_from(payload.len()).expect("payloads are limited to u32::MAX bytes before framing");
+    let len = u32::try_from(payload.len()).expect("callers refuse payloads over MAX_PAYLOAD before framing");
     let mut header = [0u8; RECORD_HEADER_LEN];
     header[0..4].copy_from_slice(&len.to_le_bytes());
     header[4..8].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());

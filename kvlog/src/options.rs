@@ -33,6 +33,18 @@ impl LogStoreOptions {
     /// The smallest accepted [`segment_size`](Self::segment_size).
     pub const MIN_SEGMENT_SIZE: u64 = 4096;
 
+    /// These options with [`segment_size`](Self::segment_size) set to `bytes`.
+    pub fn with_segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// These options with [`cache_bytes`](Self::cache_bytes) set to `bytes`.
+    pub fn with_cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
     /// Why these options cannot be used, if they cannot.
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.segment_size < Self::MIN_SEGMENT_SIZE {

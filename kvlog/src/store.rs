@@ -31,7 +31,7 @@ use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
 use tokio::sync::oneshot;
 
 use crate::error::OpenError;
-use crate::format::to_payload;
+use crate::format::{to_payload, MAX_PAYLOAD};
 use crate::hooks::Hooks;
 use crate::options::LogStoreOptions;
 use crate::recovery::{open_dir, Meta};
@@ -448,7 +448,18 @@ where
         let mut payloads = Vec::with_capacity(entries.len());
         let mut ids = Vec::with_capacity(entries.len());
         for entry in &entries {
-            payloads.push(to_payload(entry).map_err(|e| encode_error("a log entry", e))?);
+            let payload = to_payload(entry).map_err(|e| encode_error("a log entry", e))?;
+            if payload.len() > MAX_PAYLOAD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "log entry {} encodes to {} bytes; a record holds at most {MAX_PAYLOAD}",
+                        entry.log_id(),
+                        payload.len()
+                    ),
+                ));
+            }
+            payloads.push(payload);
             ids.push(entry.log_id());
         }
         let first_index = ids.first().map(|id| id.index).unwrap_or(0);

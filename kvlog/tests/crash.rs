@@ -51,10 +51,9 @@ impl Rng {
 }
 
 fn options() -> LogStoreOptions {
-    let mut o = LogStoreOptions::default();
-    o.segment_size = 64 * 1024;
-    o.cache_bytes = 16 * 1024;
-    o
+    LogStoreOptions::default()
+        .with_segment_size(64 * 1024)
+        .with_cache_bytes(16 * 1024)
 }
 
 fn key(epoch: u64, index: u64) -> String {

@@ -34,8 +34,8 @@ async fn conformance_suite_with_default_options() -> Result<(), StorageError<C>>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_with_tiny_segments_and_no_cache() -> Result<(), StorageError<C>> {
-    let mut options = LogStoreOptions::default();
-    options.segment_size = LogStoreOptions::MIN_SEGMENT_SIZE;
-    options.cache_bytes = 0;
+    let options = LogStoreOptions::default()
+        .with_segment_size(LogStoreOptions::MIN_SEGMENT_SIZE)
+        .with_cache_bytes(0);
     Suite::test_all(Builder { options }).await
 }

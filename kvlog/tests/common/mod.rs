@@ -115,10 +115,9 @@ pub fn open_small(dir: &Path) -> Store {
 }
 
 pub fn small_options() -> LogStoreOptions {
-    let mut o = LogStoreOptions::default();
-    o.segment_size = 16 * 1024;
-    o.cache_bytes = 2 * 1024;
-    o
+    LogStoreOptions::default()
+        .with_segment_size(16 * 1024)
+        .with_cache_bytes(2 * 1024)
 }
 
 /// Appends and waits for the flush callback.
