@@ -153,14 +153,14 @@ impl<C: RaftTypeConfig> Writer<C> {
                 group.records.push((RecordKind::Committed, committed));
             }
         }
-        if group.records.is_empty() {
-            // Nothing to write: everything submitted before these callbacks is durable already.
-            self.complete(group.callbacks, None);
-            return;
-        }
         if let Some(why) = &self.failed {
             let why = why.clone();
             self.complete(group.callbacks, Some(why));
+            return;
+        }
+        if group.records.is_empty() {
+            // Nothing to write: everything submitted before these callbacks is durable already.
+            self.complete(group.callbacks, None);
             return;
         }
         match self.write_group(&group.records) {

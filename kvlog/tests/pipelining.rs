@@ -215,3 +215,31 @@ async fn dropping_the_store_finishes_queued_writes() {
     assert_eq!(store.last_log_id(), Some(log_id(1, 200)));
     assert_eq!(store.committed_index(), Some(150));
 }
+
+#[tokio::test]
+async fn after_a_write_error_even_an_empty_append_is_not_reported_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open_small(dir.path());
+    append(&mut store, entries(1, 1, 3)).await.expect("append");
+    let hold = store.hold_writes();
+    store.fail_next_write();
+    let (tx_a, rx_a) = C::oneshot();
+    store
+        .append(entries(1, 4, 1), IOFlushed::signal(tx_a))
+        .await
+        .expect("queue a");
+    // A purge between them puts the empty append into a group of its own, after the failure.
+    store.purge(log_id(1, 1)).await.expect("queue purge");
+    let (tx_b, rx_b) = C::oneshot();
+    store
+        .append(Vec::new(), IOFlushed::signal(tx_b))
+        .await
+        .expect("queue b");
+    assert!(hold.wait_until_blocked(PATIENCE));
+    drop(hold);
+    assert!(rx_a.await.expect("callback a").is_err());
+    assert!(
+        rx_b.await.expect("callback b").is_err(),
+        "nothing after a failed write is durable"
+    );
+}
