@@ -126,7 +126,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[derive(Clone, Copy)]
 enum Candidate {
+    /// kvlog as shipped: zero-filled segments.
     Segments,
+    /// kvlog with segments only `fallocate`d, to show what zero-filling buys.
+    SegmentsFallocate,
     Redb,
 }
 
@@ -134,6 +137,7 @@ impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Candidate::Segments => "A segments",
+            Candidate::SegmentsFallocate => "A fallocate",
             Candidate::Redb => "B redb",
         })
     }
@@ -147,8 +151,10 @@ async fn one_run(
 ) -> anyhow::Result<RunResult> {
     let dir = tempfile::tempdir_in(base)?;
     let result = match candidate {
-        Candidate::Segments => {
-            let mut store = LogStore::<C>::open(dir.path(), LogStoreOptions::default())?;
+        Candidate::Segments | Candidate::SegmentsFallocate => {
+            let zero_fill = matches!(candidate, Candidate::Segments);
+            let options = LogStoreOptions::default().with_zero_fill_segments(zero_fill);
+            let mut store = LogStore::<C>::open(dir.path(), options)?;
             let r = drive(&mut store, inflight, duration).await?;
             store.close()?;
             r
@@ -175,24 +181,24 @@ async fn main() -> anyhow::Result<()> {
         "{:<11} {:>8} {:>12} {:>10} {:>10}",
         "store", "inflight", "appends/s", "p50 µs", "p99 µs"
     );
+    let candidates = [Candidate::Segments, Candidate::SegmentsFallocate, Candidate::Redb];
     for inflight in [1usize, 8, 64] {
-        for candidate in [Candidate::Segments, Candidate::Redb] {
-            let mut rates = Vec::new();
-            let mut p50 = Vec::new();
-            let mut p99 = Vec::new();
-            for _ in 0..3 {
-                let r = one_run(candidate, &base, inflight, duration).await?;
-                rates.push(r.appends_per_sec);
-                p50.push(r.p50_us);
-                p99.push(r.p99_us);
+        // Runs of the candidates alternate, so that load from elsewhere on the machine falls
+        // on all of them alike.
+        let mut results: Vec<Vec<RunResult>> = candidates.iter().map(|_| Vec::new()).collect();
+        for _ in 0..3 {
+            for (n, candidate) in candidates.iter().enumerate() {
+                results[n].push(one_run(*candidate, &base, inflight, duration).await?);
             }
+        }
+        for (candidate, runs) in candidates.iter().zip(results) {
             println!(
                 "{:<11} {:>8} {:>12.0} {:>10.0} {:>10.0}",
                 candidate.to_string(),
                 inflight,
-                median(rates),
-                median(p50),
-                median(p99)
+                median(runs.iter().map(|r| r.appends_per_sec).collect()),
+                median(runs.iter().map(|r| r.p50_us).collect()),
+                median(runs.iter().map(|r| r.p99_us).collect())
             );
         }
     }

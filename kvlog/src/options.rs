@@ -18,6 +18,11 @@ pub struct LogStoreOptions {
     /// no disk access. Entries not yet on disk are always in memory, on top of this budget.
     /// Default 32 MiB; 0 keeps only unflushed entries.
     pub cache_bytes: usize,
+    /// Write zeros over each new segment when it is created, instead of only allocating its
+    /// space. Costs `segment_size` bytes of writes per segment (done ahead of time on a helper
+    /// thread, except for a segment created while opening), and makes every later `fdatasync`
+    /// cheaper, most of all for larger write groups; see `logbench`. Default true.
+    pub zero_fill_segments: bool,
 }
 
 impl Default for LogStoreOptions {
@@ -25,6 +30,7 @@ impl Default for LogStoreOptions {
         LogStoreOptions {
             segment_size: 64 * 1024 * 1024,
             cache_bytes: 32 * 1024 * 1024,
+            zero_fill_segments: true,
         }
     }
 }
@@ -36,6 +42,12 @@ impl LogStoreOptions {
     /// These options with [`segment_size`](Self::segment_size) set to `bytes`.
     pub fn with_segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self
+    }
+
+    /// These options with [`zero_fill_segments`](Self::zero_fill_segments) set to `zero_fill`.
+    pub fn with_zero_fill_segments(mut self, zero_fill: bool) -> Self {
+        self.zero_fill_segments = zero_fill;
         self
     }
 

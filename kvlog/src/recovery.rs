@@ -279,8 +279,14 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
             if sealed {
                 // The process died between sealing this segment and creating the next.
                 let next = segment_path(dir, id + 1);
-                let file = create_segment(dir, id + 1, replay.max_group + 1, options.segment_size)
-                    .map_err(|e| OpenError::io("create segment", &next, e))?;
+                let file = create_segment(
+                    dir,
+                    id + 1,
+                    replay.max_group + 1,
+                    options.segment_size,
+                    options.zero_fill_segments,
+                )
+                .map_err(|e| OpenError::io("create segment", &next, e))?;
                 segments.insert(id + 1, Arc::new(file));
                 (id + 1, SEGMENT_HEADER_LEN)
             } else {
@@ -289,7 +295,7 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
         }
         None => {
             let path = segment_path(dir, 1);
-            let file = create_segment(dir, 1, 1, options.segment_size)
+            let file = create_segment(dir, 1, 1, options.segment_size, options.zero_fill_segments)
                 .map_err(|e| OpenError::io("create segment", &path, e))?;
             segments.insert(1, Arc::new(file));
             (1, SEGMENT_HEADER_LEN)

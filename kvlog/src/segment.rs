@@ -40,20 +40,67 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Creates segment `id`, preallocated to `size` bytes, durably, and returns it open for reading
-/// and writing.
-pub(crate) fn create_segment(dir: &Path, id: u64, first_group: u64, size: u64) -> io::Result<File> {
-    let path = segment_path(dir, id);
-    let tmp = path.with_extension(format!("seg{TMP_SUFFIX}"));
+/// Creates segment `id` of `size` bytes durably, and returns it open for reading and writing.
+pub(crate) fn create_segment(
+    dir: &Path,
+    id: u64,
+    first_group: u64,
+    size: u64,
+    zero_fill: bool,
+) -> io::Result<File> {
+    let (tmp, file) = prepare_segment(dir, id, size, zero_fill)?;
+    install_segment(dir, &tmp, file, id, first_group)
+}
+
+/// The first half of creating segment `id`: a temporary file of `size` bytes, its space
+/// allocated (and written with zeros when `zero_fill`), synced. It can be made long before it
+/// is needed, on another thread; [`install_segment`] finishes the job.
+///
+/// Writing zeros costs `size` bytes of I/O once, but later `fdatasync` calls are then pure data
+/// writes. Space that was only `fallocate`d is marked unwritten, and converting it on first
+/// write is a metadata change each `fdatasync` has to commit: measured on this machine (ext4),
+/// 12 KB writes synced in a median 135 µs on a zero-filled file against 192 µs on a
+/// fallocated one and 209 µs when appending; for 200-byte writes the first two are equal.
+pub(crate) fn prepare_segment(
+    dir: &Path,
+    id: u64,
+    size: u64,
+    zero_fill: bool,
+) -> io::Result<(PathBuf, File)> {
+    let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_file_name(id)));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .open(&tmp)?;
-    file.write_all_at(&encode_segment_header(id, first_group), 0)?;
-    preallocate(&file, size)?;
+    if zero_fill {
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut at = 0u64;
+        while at < size {
+            let n = (size - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+    } else {
+        preallocate(&file, size)?;
+    }
     file.sync_all()?;
-    fs::rename(&tmp, &path)?;
+    Ok((tmp, file))
+}
+
+/// The second half of creating a segment: writes the header into the prepared file and moves
+/// it to its real name, durably.
+pub(crate) fn install_segment(
+    dir: &Path,
+    tmp: &Path,
+    file: File,
+    id: u64,
+    first_group: u64,
+) -> io::Result<File> {
+    file.write_all_at(&encode_segment_header(id, first_group), 0)?;
+    file.sync_data()?;
+    fs::rename(tmp, segment_path(dir, id))?;
     sync_dir(dir)?;
     Ok(file)
 }

@@ -182,6 +182,8 @@ impl<C: RaftTypeConfig> LogStore<C> {
             pending_committed: None,
             buf: Vec::new(),
             max_index: opened.max_index,
+            zero_fill: options.zero_fill_segments,
+            preparing: None,
         };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()

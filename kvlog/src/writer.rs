@@ -27,13 +27,16 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use openraft::storage::IOFlushed;
 use openraft::RaftTypeConfig;
 use tokio::sync::oneshot;
 
 use crate::format::{encode_record, record_len, to_payload, RecordKind, SEGMENT_HEADER_LEN};
-use crate::segment::{create_segment, segment_path, sync_dir, write_meta_file};
+use crate::segment::{
+    create_segment, install_segment, prepare_segment, segment_path, sync_dir, write_meta_file,
+};
 use crate::state::{Loc, Shared};
 
 /// One queued write.
@@ -58,6 +61,9 @@ pub(crate) enum Op<C: RaftTypeConfig> {
     },
 }
 
+/// A helper thread making the next segment; it returns the temporary path and the file.
+pub(crate) type Preparation = JoinHandle<io::Result<(PathBuf, File)>>;
+
 /// The segment being written.
 pub(crate) struct Active {
     pub(crate) id: u64,
@@ -78,6 +84,10 @@ pub(crate) struct Writer<C: RaftTypeConfig> {
     pub(crate) buf: Vec<u8>,
     /// Per open segment, the highest index of any entry record written to it (live or not).
     pub(crate) max_index: BTreeMap<u64, Option<u64>>,
+    /// Whether new segments are written with zeros (see `LogStoreOptions`).
+    pub(crate) zero_fill: bool,
+    /// The next segment being prepared on a helper thread: its id and the thread.
+    pub(crate) preparing: Option<(u64, Preparation)>,
 }
 
 /// Records gathered for one group, with what to do once they are durable.
@@ -112,6 +122,7 @@ impl<C: RaftTypeConfig> Writer<C> {
             self.flush(group, false);
         }
         self.flush(Group::new(), true);
+        self.finish_preparation();
     }
 
     fn handle(&mut self, op: Op<C>, group: &mut Group<C>) {
@@ -236,7 +247,42 @@ impl<C: RaftTypeConfig> Writer<C> {
         self.active.file.sync_data()?;
         self.next_group += 1;
         self.active.offset += self.buf.len() as u64;
+        self.prepare_next_segment();
         Ok(offsets)
+    }
+
+    /// Once the active segment is half full, starts making the next one on a helper thread,
+    /// so that rolling over does not wait for a segment's worth of zeros to be written.
+    fn prepare_next_segment(&mut self) {
+        if self.preparing.is_some() || self.active.offset < self.segment_size / 2 {
+            return;
+        }
+        let (dir, id, size, zero_fill) = (
+            self.dir.clone(),
+            self.active.id + 1,
+            self.segment_size,
+            self.zero_fill,
+        );
+        match std::thread::Builder::new()
+            .name("kvlog-prepare".to_string())
+            .spawn(move || prepare_segment(&dir, id, size, zero_fill))
+        {
+            Ok(handle) => self.preparing = Some((id, handle)),
+            // Not fatal: the segment is then made when it is needed.
+            Err(e) => tracing::warn!(error = %e, "kvlog: cannot start a segment preparation thread"),
+        }
+    }
+
+    /// Waits for a segment preparation still running at shutdown and removes its file.
+    fn finish_preparation(&mut self) {
+        if let Some((id, handle)) = self.preparing.take() {
+            if let Ok(Ok((tmp, file))) = handle.join() {
+                drop(file);
+                if let Err(e) = std::fs::remove_file(&tmp) {
+                    tracing::warn!(path = %tmp.display(), error = %e, "kvlog: cannot remove an unused segment {id}");
+                }
+            }
+        }
     }
 
     /// Seals the active segment and continues in a new one.
@@ -251,12 +297,30 @@ impl<C: RaftTypeConfig> Writer<C> {
         self.next_group += 1;
         self.active.offset += self.buf.len() as u64;
 
-        let file = Arc::new(create_segment(
-            &self.dir,
-            next_id,
-            self.next_group,
-            self.segment_size,
-        )?);
+        let prepared = match self.preparing.take() {
+            Some((id, handle)) if id == next_id => match handle.join() {
+                Ok(Ok(prepared)) => Some(prepared),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kvlog: preparing the next segment failed; creating it now");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!("kvlog: the segment preparation thread panicked; creating it now");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let file = Arc::new(match prepared {
+            Some((tmp, file)) => install_segment(&self.dir, &tmp, file, next_id, self.next_group)?,
+            None => create_segment(
+                &self.dir,
+                next_id,
+                self.next_group,
+                self.segment_size,
+                self.zero_fill,
+            )?,
+        });
         self.shared.lock().segments.insert(next_id, file.clone());
         self.max_index.insert(next_id, None);
         self.active = Active {

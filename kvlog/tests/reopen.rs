@@ -350,3 +350,22 @@ async fn a_log_truncated_to_nothing_across_segments_reopens_again_and_again() {
         );
     }
 }
+
+#[tokio::test]
+async fn closing_leaves_no_temporary_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open_small(dir.path());
+    // Enough to fill several segments, each prepared ahead on a helper thread.
+    for first in (1..=300).step_by(10) {
+        append(&mut store, entries(1, first, 10)).await.expect("append");
+    }
+    store.save_vote(&vote(1, true)).await.expect("vote");
+    store.close().expect("close");
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+    assert!(segment_files(dir.path()).len() >= 3);
+}
