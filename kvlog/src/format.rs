@@ -6,10 +6,10 @@
 //! A segment starts with a 40-byte header: the magic `KVLOGSEG`, the format version, the
 //! segment's own id (so a renamed or copied file is caught), the sequence number its first write
 //! group will carry, and a CRC32 of all that. Records follow back to back, each starting at an
-//! offset that is a multiple of 8. The rest of the file is zeros: segments are preallocated, so a
-//! write lands in space the file system has already handed out and `fdatasync` does not have to
-//! commit a change to the file's size or block map (measured on this machine: roughly 4x faster
-//! than appending to a growing file).
+//! offset that is a multiple of 8. The rest of the file is zeros: segments are created at full
+//! size and written with zeros (see `segment::prepare_segment`), so a write overwrites blocks the
+//! file already has and `fdatasync` does not have to commit a change to the file's size or block
+//! map. Recovery also relies on the zeros: they mark where the log ends.
 //!
 //! A record is a 32-byte header and a payload padded with zeros to a multiple of 8:
 //!

@@ -12,7 +12,7 @@
 //! - Every write (append, truncate, purge, vote, committed hint) reaches the disk in the order
 //!   it was called, as openraft's I/O-ordering rules require. `save_vote` returns only once the
 //!   vote is durable.
-//! - The log lives in preallocated, append-only segment files of checksummed records; the vote
+//! - The log lives in zero-filled, append-only segment files of checksummed records; the vote
 //!   and purge point live in a small meta file replaced atomically. Nothing is overwritten in
 //!   place, so a crash can tear at most the last write, which recovery cuts off; any other
 //!   damage makes [`LogStore::open`] refuse, naming the file and offset.

@@ -10,7 +10,7 @@
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LogStoreOptions {
-    /// Size in bytes each segment file is preallocated to. A write group that does not fit in
+    /// Size in bytes of each segment file, allocated when it is created. A write group that does not fit in
     /// what is left of the current segment starts a new one; a single group larger than this
     /// gets a segment of its own that grows past this size. Default 64 MiB; at least 4 KiB.
     pub segment_size: u64,
