@@ -82,7 +82,18 @@ pub(crate) fn open_dir<C: RaftTypeConfig>(
     dir: &Path,
     options: &LogStoreOptions,
 ) -> Result<Opened<C>, OpenError> {
+    // Directories this open creates; their names must be made durable too, or a crash could
+    // take the whole log (and the vote in it) away after the node had used it.
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     fs::create_dir_all(dir).map_err(|e| OpenError::io("create log directory", dir, e))?;
+    for new in created.iter().rev() {
+        if let Some(parent) = new.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|e| OpenError::io("sync directory", parent, e))?;
+        }
+    }
     let lock_path = dir.join(LOCK_FILE);
     let lock = OpenOptions::new()
         .create(true)
