@@ -93,7 +93,11 @@ pub fn entry(term: u64, index: u64, payload_bytes: usize) -> Entry {
         1 => Request::Append {
             key: format!("k{index}"),
             value: serde_json::Value::String(text),
-            shape: Shape::Pair("p".into(), index),
+            shape: match (index / 3) % 3 {
+                0 => Shape::Pair("p".into(), index),
+                1 => Shape::Scalar(serde_json::json!({ "deep": { "list": [true, -1, 2.5e10, "ü"] } })),
+                _ => Shape::Nothing,
+            },
         },
         _ => Request::Set {
             key: format!("k{index}"),
