@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::format::encode_segment_header;
 
@@ -48,13 +49,14 @@ pub(crate) fn create_segment(
     size: u64,
     zero_fill: bool,
 ) -> io::Result<File> {
-    let (tmp, file) = prepare_segment(dir, id, size, zero_fill)?;
+    let (tmp, file) = prepare_segment(dir, id, size, zero_fill, &AtomicBool::new(false))?;
     install_segment(dir, &tmp, file, id, first_group)
 }
 
 /// The first half of creating segment `id`: a temporary file of `size` bytes, its space
 /// allocated (and written with zeros when `zero_fill`), synced. It can be made long before it
-/// is needed, on another thread; [`install_segment`] finishes the job.
+/// is needed, on another thread; [`install_segment`] finishes the job. Setting `cancel` stops it
+/// early and removes the file.
 ///
 /// Writing zeros costs `size` bytes of I/O once, but later `fdatasync` calls are then pure data
 /// writes. Space that was only `fallocate`d is marked unwritten, and converting it on first
@@ -66,6 +68,7 @@ pub(crate) fn prepare_segment(
     id: u64,
     size: u64,
     zero_fill: bool,
+    cancel: &AtomicBool,
 ) -> io::Result<(PathBuf, File)> {
     let tmp = dir.join(format!("{}{TMP_SUFFIX}", segment_file_name(id)));
     let file = OpenOptions::new()
@@ -78,6 +81,15 @@ pub(crate) fn prepare_segment(
         let zeros = vec![0u8; 1024 * 1024];
         let mut at = 0u64;
         while at < size {
+            if cancel.load(Ordering::Relaxed) {
+                // Shutting down: nobody will use this file. Stop writing megabytes of zeros.
+                drop(file);
+                let _ = fs::remove_file(&tmp);
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "segment preparation cancelled",
+                ));
+            }
             let n = (size - at).min(zeros.len() as u64) as usize;
             file.write_all_at(&zeros[..n], at)?;
             at += n as u64;

@@ -184,6 +184,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             max_index: opened.max_index,
             zero_fill: options.zero_fill_segments,
             preparing: None,
+            cancel_preparation: Arc::default(),
         };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()

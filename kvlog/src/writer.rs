@@ -88,6 +88,8 @@ pub(crate) struct Writer<C: RaftTypeConfig> {
     pub(crate) zero_fill: bool,
     /// The next segment being prepared on a helper thread: its id and the thread.
     pub(crate) preparing: Option<(u64, Preparation)>,
+    /// Tells a running preparation to stop (at shutdown).
+    pub(crate) cancel_preparation: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Records gathered for one group, with what to do once they are durable.
@@ -263,9 +265,10 @@ impl<C: RaftTypeConfig> Writer<C> {
             self.segment_size,
             self.zero_fill,
         );
+        let cancel = self.cancel_preparation.clone();
         match std::thread::Builder::new()
             .name("kvlog-prepare".to_string())
-            .spawn(move || prepare_segment(&dir, id, size, zero_fill))
+            .spawn(move || prepare_segment(&dir, id, size, zero_fill, &cancel))
         {
             Ok(handle) => self.preparing = Some((id, handle)),
             // Not fatal: the segment is then made when it is needed.
@@ -273,8 +276,12 @@ impl<C: RaftTypeConfig> Writer<C> {
         }
     }
 
-    /// Waits for a segment preparation still running at shutdown and removes its file.
+    /// Stops a segment preparation still running at shutdown and removes its file. It must be
+    /// over before the directory is unlocked: a preparation left running could still be writing
+    /// zeros into a file of the same name that the next opener prepares and installs.
     fn finish_preparation(&mut self) {
+        self.cancel_preparation
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some((id, handle)) = self.preparing.take() {
             if let Ok(Ok((tmp, file))) = handle.join() {
                 drop(file);
