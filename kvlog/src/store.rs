@@ -47,6 +47,9 @@ use crate::writer::{Active, Op, Writer};
 ///
 /// Reads of entries that are no longer cached use plain blocking `pread` calls on the calling
 /// task; they are short, and usually served by the page cache.
+///
+/// The openraft traits are implemented for type configs whose `Entry` is `Clone` (openraft's
+/// own `Entry` is), because cached entries are handed out as copies.
 pub struct LogStore<C: RaftTypeConfig> {
     shared: Arc<Shared<C>>,
     tx: Option<Sender<Op<C>>>,
