@@ -663,10 +663,7 @@ fn a_leader_that_lost_its_quorum_is_not_called_the_leader() {
     let r = kvctl(&file, &["put", "k", "v"]);
     let line = r.stderr.trim().to_string();
     assert!(r.code == 3 || r.code == 4, "{r:?}");
-    assert!(
-        line.contains("503 no_quorum"),
-        "{line}"
-    );
+    assert!(line.contains("503 no_quorum"), "{line}");
     assert!(!line.contains("no answer within"), "{line}");
 }
 

@@ -23,9 +23,15 @@ use crate::node::Node;
 use crate::types::{NodeInfo, SnapshotMeta, TypeConfig, Vote};
 use crate::wire::{route, ProbeReply};
 
-/// True when this node holds any Raft state: a vote, a log entry, a purge, a snapshot.
+/// True when this node holds any Raft state: a vote, a log entry, a purge, a snapshot. What the
+/// log held at startup is remembered; what came since shows in Raft's metrics.
 pub fn has_raft_state(node: &Node) -> bool {
-    !node.log.is_pristine() || node.sm.has_snapshot()
+    if !node.started_pristine || node.sm.has_snapshot() {
+        return true;
+    }
+    let metrics = node.raft.metrics();
+    let m = metrics.borrow_watched();
+    m.vote.leader_id.term > 0 || m.last_log_index.is_some() || m.purged.is_some() || m.snapshot.is_some()
 }
 
 /// Answer a probe from a peer.

@@ -9,9 +9,11 @@
 //!    election it waits for a leader.
 //! 3. The [`batcher`] groups the writes that arrive together into one log entry and proposes
 //!    it with `client_write`.
-//! 4. openraft appends the entry to the leader's log ([`store`]) and replicates it at the same
-//!    time; followers acknowledge once their copy is fsynced. With a majority holding it the
-//!    entry is committed.
+//! 4. openraft appends the entry to the leader's log (the `kvlog` crate, see [`store`]), which
+//!    accepts it at once and fsyncs it in the background, grouped with its neighbours; openraft
+//!    replicates it meanwhile. Followers acknowledge once their copy is fsynced; the leader
+//!    counts itself once its own fsync is done. With a majority holding it the entry is
+//!    committed.
 //! 5. The state machine ([`store::sm`]) applies it: [`state::KvState`] changes the keys and
 //!    decides each operation's outcome, the idempotency table answering retries from memory.
 //!    The outcome travels back to the client through the batcher and the handler.
@@ -28,7 +30,7 @@
 //! ```text
 //! DATA_DIR/
 //!   node.json    who the directory belongs to (node id, cluster)       store
-//!   raft.redb    log entries, vote, purge point, commit hint           store::log
+//!   log/         log entries, vote, purge point, commit hint           the kvlog crate
 //!   snapshots/   the newest snapshot of the state machine              store::snapshot
 //! ```
 //!

@@ -35,7 +35,7 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::peer_client::{PeerClient, PeerError};
 use crate::state::KvState;
-use crate::store::{LogStore, StateMachineStore};
+use crate::store::StateMachineStore;
 use crate::types::{LogIndex, NodeId, Op, OpReply, Raft};
 use crate::wire::{self, route, ForwardWrite, ReadIndex};
 
@@ -47,8 +47,8 @@ pub struct Node {
     pub raft: Raft,
     /// The state machine (for local reads).
     pub sm: StateMachineStore,
-    /// The log store.
-    pub log: LogStore,
+    /// True when the log held nothing at all (no vote, entry or purge) when the node started.
+    pub started_pristine: bool,
     /// Settings.
     pub config: NodeConfig,
     /// Pooled peer client.
@@ -95,7 +95,7 @@ impl Node {
         config: NodeConfig,
         raft: Raft,
         sm: StateMachineStore,
-        log: LogStore,
+        started_pristine: bool,
         peers: PeerClient,
     ) -> Node {
         let batcher = Batcher::start(raft.clone(), config.batch);
@@ -103,7 +103,7 @@ impl Node {
             id: config.id,
             raft,
             sm,
-            log,
+            started_pristine,
             config,
             peers,
             batcher,

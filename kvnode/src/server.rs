@@ -51,19 +51,15 @@ pub enum RunError {
 /// snapshot. After a crash this says where the node was: e.g. a snapshot ahead of the log's
 /// end means it died after installing a snapshot and before purging the log it replaces
 /// (openraft purges the rest at startup).
-async fn log_what_was_found(data: &DataDir) {
-    use openraft::storage::RaftLogStorage;
+fn log_what_was_found(data: &DataDir) {
     let snapshot = data.sm.read().last_applied.map(|l| l.index);
-    // A failure to read is not reported here: Raft reads the same state next, and fails with
-    // the whole story.
-    if let Ok(log) = data.log.clone().get_log_state().await {
-        info!(
-            log_purged = ?log.last_purged_log_id.map(|l| l.index),
-            log_last = ?log.last_log_id.map(|l| l.index),
-            snapshot = ?snapshot,
-            "data directory opened"
-        );
-    }
+    let found = data.log.recovered();
+    info!(
+        log_purged = ?found.purged.map(|l| l.index),
+        log_last = ?found.last_log_id.map(|l| l.index),
+        snapshot = ?snapshot,
+        "data directory opened"
+    );
 }
 
 /// Addresses a started node listens on.
@@ -122,19 +118,29 @@ pub async fn run(
         node_id: config.id,
         cluster: config.cluster.clone(),
     };
-    let data = DataDir::open(&config.data_dir, &identity)?;
-    log_what_was_found(&data).await;
+    let dir = config.data_dir.clone();
+    let data = tokio::task::spawn_blocking(move || DataDir::open(&dir, &identity))
+        .await
+        .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
+    log_what_was_found(&data);
+    let started_pristine = data.log.is_pristine();
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
         PeerNetwork::new(peers.clone()),
-        data.log.clone(),
+        data.log,
         data.sm.clone(),
     )
     .await
     .map_err(|e| RunError::Raft(e.to_string()))?;
-    let node = Arc::new(Node::new(config.clone(), raft.clone(), data.sm, data.log, peers));
+    let node = Arc::new(Node::new(
+        config.clone(),
+        raft.clone(),
+        data.sm,
+        started_pristine,
+        peers,
+    ));
 
     let bound = Bound {
         http: http_listener.local_addr().map_err(RunError::Serve)?,

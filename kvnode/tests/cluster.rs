@@ -473,13 +473,18 @@ fn data_directories_of_another_node_or_damaged_ones_are_refused() {
     std::fs::write(&other, file.to_toml()).expect("write");
     refused(&other, "0", "another cluster");
 
-    // A damaged log database.
-    let db = dir.join("raft.redb");
-    let mut bytes = std::fs::read(&db).expect("read db");
+    // A damaged log segment.
+    let segment = std::fs::read_dir(dir.join("log"))
+        .expect("log directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a log segment");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
     for b in bytes.iter_mut().take(4096) {
         *b = 0xAB;
     }
-    std::fs::write(&db, bytes).expect("write db");
+    std::fs::write(&segment, bytes).expect("write segment");
     refused(c.cluster_file(), "0", "corrupt");
 }
 

@@ -92,11 +92,14 @@ fn log_vote_and_purge_survive_a_reopen() {
     });
     rt().block_on(async {
         let mut data = DataDir::open(dir.path(), &identity()).expect("reopen");
-        assert_eq!(data.log.read_vote().await.expect("vote"), Some(Vote::new(3, 1)));
+        assert_eq!(
+            data.log.reader().read_vote().await.expect("vote"),
+            Some(Vote::new(3, 1))
+        );
         let state = data.log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(8));
-        let got = data.log.try_get_log_entries(0..100).await.expect("read");
+        let got = data.log.reader().try_get_log_entries(0..100).await.expect("read");
         let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
         assert_eq!(indexes, vec![5, 6, 7, 8]);
     });
@@ -187,4 +190,68 @@ fn a_damaged_snapshot_or_identity_refuses_to_open() {
         Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("no node.json"), "{reason}"),
         other => panic!("expected refusal, got {:?}", other.err()),
     }
+}
+
+/// A data directory written by kvnode 0.1 (openraft 0.9, redb log, JSON snapshot): a node of a
+/// 3-node cluster that took 30 APPENDs over keys k0..k6, two PUTs and a DELETE of k0 (log up to
+/// index 34, snapshot at 19), then stopped. It is migrated when opened, and the state rebuilt
+/// from the migrated snapshot and log is what the old node had.
+#[test]
+fn a_data_directory_written_by_kvnode_0_1_is_migrated_when_opened() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data-dir-0.1.tar.gz");
+    let status = std::process::Command::new("tar")
+        .args(["xzf", fixture, "-C"])
+        .arg(dir.path())
+        .status()
+        .expect("tar runs");
+    assert!(status.success());
+    let data_dir = dir.path().join("data0");
+    let file = kvapi::ClusterFile::load(&dir.path().join("cluster.toml")).expect("cluster file");
+    let config = kvnode::NodeConfig::from_cluster_file(&file, 0).expect("config");
+    let identity = Identity {
+        node_id: 0,
+        cluster: config.cluster.clone(),
+    };
+    rt().block_on(async {
+        let mut data = DataDir::open(&data_dir, &identity).expect("the 0.1 directory opens");
+        assert!(
+            data_dir.join("raft.redb.0.9-migrated").exists(),
+            "the old files are kept aside"
+        );
+        assert!(!data_dir.join("raft.redb").exists());
+        let (applied, _) = data.sm.applied_state().await.expect("state");
+        assert_eq!(
+            applied.map(|l| l.index),
+            Some(19),
+            "the snapshot was carried over"
+        );
+        assert!(data.log.reader().read_vote().await.expect("vote").is_some());
+        let state = data.log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(34));
+        let rest = data
+            .log
+            .reader()
+            .try_get_log_entries(20..35)
+            .await
+            .expect("entries");
+        assert_eq!(rest.len(), 15);
+        apply(&mut data.sm, rest).await;
+        let expected = |j: u64| json!((1..=30).filter(|i| i % 7 == j).collect::<Vec<u64>>());
+        assert_eq!(value(&data.sm, "k0"), None, "deleted after the snapshot");
+        for j in 1..7 {
+            assert_eq!(value(&data.sm, &format!("k{j}")), Some(expected(j)), "k{j}");
+        }
+        assert_eq!(value(&data.sm, "name"), Some(json!("Kyle Chard")));
+        assert_eq!(
+            value(&data.sm, "obj"),
+            Some(json!({"a": [1, 2.5, null, true], "b": "é"}))
+        );
+    });
+    // Opening again finds the new format and migrates nothing.
+    rt().block_on(async {
+        let mut data = DataDir::open(&data_dir, &identity).expect("reopens");
+        let state = data.log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(34));
+    });
 }

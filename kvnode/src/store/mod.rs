@@ -3,32 +3,37 @@
 //! ```text
 //! DATA_DIR/
 //!   node.json      identity: node id and cluster fingerprint, written once
-//!   raft.redb      log entries, vote, last purged id, commit hint (see `log`)
+//!   log/           log entries, vote, purge point, commit hint (the `kvlog` crate)
 //!   snapshots/     the latest snapshot of the state machine (see `snapshot`)
 //! ```
 //!
 //! Opening refuses, with a message that names the problem, a directory that belongs to another
 //! node or another cluster, one that holds data but no identity, and one whose files are
 //! damaged. A node must never start empty on top of data it failed to read: that would let it
-//! vote and acknowledge as if it had never promised anything.
+//! vote and acknowledge as if it had never promised anything. A directory written by kvnode
+//! 0.1 (openraft 0.9) is migrated on the first start (see `migrate`).
 
-pub mod log;
+pub mod migrate;
 pub mod sm;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use log::LogStore;
 pub use sm::StateMachineStore;
 
-use crate::types::NodeId;
+use crate::types::{NodeId, TypeConfig};
+
+/// The durable Raft log of a node: segment files with group commit (see the `kvlog` crate).
+pub type LogStore = kvlog::LogStore<TypeConfig>;
 
 const IDENTITY_FILE: &str = "node.json";
-const DB_FILE: &str = "raft.redb";
+const LOG_DIR: &str = "log";
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Recent entries kept in memory for replication; older ones are read back from disk. Small,
+/// because a follower that is up to date needs only the last few batches.
+const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Who a data directory belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +124,7 @@ impl DataDir {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                for file in [DB_FILE, SNAPSHOT_DIR] {
+                for file in [LOG_DIR, SNAPSHOT_DIR, migrate::OLD_DB] {
                     if dir.join(file).exists() {
                         return Err(OpenError::Corrupt {
                             path: dir.to_path_buf(),
@@ -136,24 +141,41 @@ impl DataDir {
             Err(e) => return Err(io(&id_path)(e)),
         }
 
-        let db_path = dir.join(DB_FILE);
-        let db = redb::Database::create(&db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Io {
-                path: db_path.clone(),
+        let log_dir = dir.join(LOG_DIR);
+        let snapshot_dir = dir.join(SNAPSHOT_DIR);
+        match migrate::migrate_if_needed(dir, &log_dir, &snapshot_dir) {
+            Ok(None) => {}
+            Ok(Some(m)) => tracing::warn!(
+                entries = m.entries,
+                snapshot_keys = m.snapshot_keys,
+                "migrated a data directory written by kvnode 0.1 (openraft 0.9) to the current format; \
+                 the old files are kept as *.0.9-migrated and can be removed once the cluster runs"
+            ),
+            Err(reason) => {
+                return Err(OpenError::Corrupt {
+                    path: dir.join(migrate::OLD_DB),
+                    reason: format!(
+                        "it was written by kvnode 0.1 and could not be migrated: {reason}; \
+                         start this node with an empty data directory to have it rebuilt from the others"
+                    ),
+                })
+            }
+        }
+        let options = kvlog::LogStoreOptions::default().with_cache_bytes(LOG_CACHE_BYTES);
+        let log = LogStore::open(&log_dir, options).map_err(|e| match e {
+            kvlog::OpenError::Io { path, source, .. } => OpenError::Io { path, source },
+            kvlog::OpenError::Locked { dir, .. } => OpenError::Io {
+                path: dir,
                 source: std::io::Error::other(
                     "it is in use by another process (is this node already running?)",
                 ),
             },
             other => OpenError::Corrupt {
-                path: db_path.clone(),
+                path: log_dir.clone(),
                 reason: other.to_string(),
             },
         })?;
-        let log = LogStore::new(Arc::new(db)).map_err(|e| OpenError::Corrupt {
-            path: db_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let sm = StateMachineStore::open(&dir.join(SNAPSHOT_DIR)).map_err(|e| match e {
+        let sm = StateMachineStore::open(&snapshot_dir).map_err(|e| match e {
             snapshot::SnapshotError::Io { path, source } => OpenError::Io { path, source },
             corrupt => OpenError::Corrupt {
                 path: dir.join(SNAPSHOT_DIR),
