@@ -35,6 +35,7 @@ use crate::wire::{
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route(route::APPEND, post(append))
+        .route(route::STREAM, post(stream))
         .route(route::VOTE, post(vote))
         .route(route::PRE_VOTE, post(pre_vote))
         .route(route::SNAPSHOT, post(snapshot))
@@ -125,6 +126,69 @@ async fn append(State(node): State<Arc<Node>>, body: Body) -> Response {
     match wire::decode_append(&bytes) {
         Ok(req) => raft_answer(node.raft.append_entries(req).await),
         Err(e) => refuse(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// Upgrade the connection to a replication stream (see `wire::stream`) and serve it: each frame
+/// is an AppendEntries for openraft, each answer is written back in order once the entries are
+/// durable here. openraft keeps up to 64 requests of one stream in flight.
+async fn stream(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let asked = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok());
+    if asked != Some(wire::stream::PROTOCOL) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{} needs `Upgrade: {}`", route::STREAM, wire::stream::PROTOCOL),
+        );
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => serve_stream(node, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Err(e) => tracing::warn!(error = %e, "a replication stream could not be upgraded"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (axum::http::header::CONNECTION, "upgrade"),
+            (axum::http::header::UPGRADE, wire::stream::PROTOCOL),
+        ],
+    )
+        .into_response()
+}
+
+async fn serve_stream<Io>(node: Arc<Node>, io: Io)
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (read, mut write) = tokio::io::split(io);
+    let requests = futures_util::stream::unfold(read, |mut read| async move {
+        match wire::stream::read_frame(&mut read).await {
+            Ok(Some(frame)) => match wire::decode_append(&frame) {
+                Ok(req) => Some((req, read)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "closing a replication stream that sent an undecodable frame");
+                    None
+                }
+            },
+            // The leader closed the stream, or the connection broke.
+            _ => None,
+        }
+    });
+    let answers = node.raft.stream_append(requests);
+    futures_util::pin_mut!(answers);
+    while let Some(answer) = answers.next().await {
+        let Ok(answer) = answer else {
+            // Raft stopped: nothing more can be answered.
+            break;
+        };
+        let refused = answer.is_err();
+        if wire::stream::write_frames(&mut write, &[wire::encode(&answer)]).await.is_err() || refused {
+            break;
+        }
     }
 }
 

@@ -8,23 +8,34 @@
 //! never made, so the request certainly did nothing) versus [`PeerError::Unknown`] (it may have
 //! been received). Forwarding relies on that distinction to retry only what is safe to retry.
 //!
+//! Replication (and heartbeats) run over long-lived streams (see `wire::stream` and
+//! [`PeerConn::stream_append`]): the leader writes each AppendEntries as soon as it has it,
+//! without waiting for the answer to the one before, and the follower answers in order. That
+//! keeps several batches in flight per follower and saves an HTTP exchange per batch. A stream
+//! that ended cleanly is kept for the next session to the same peer.
+//!
 //! Timeouts fit the payload. openraft bounds a replication call by the heartbeat interval,
 //! which is right for a heartbeat and wrong for a request carrying megabytes to a follower that
 //! is catching up: it would time out every time and never catch up. So an AppendEntries is
-//! capped at [`MAX_APPEND_BYTES`] (the rest follows in the next call) and given a deadline of
-//! a base plus its size at a conservative transfer rate, and a snapshot likewise.
+//! split into parts of at most [`MAX_APPEND_BYTES`], and each answer is awaited for a base plus
+//! the part's size at a conservative transfer rate; a snapshot likewise.
 
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 
 use crate::store::sm::Snapshot;
 use crate::store::snapshot::SnapshotFile;
@@ -79,6 +90,12 @@ pub enum PeerError {
 pub struct PeerClient {
     http: reqwest::Client,
     cluster: String,
+}
+
+/// An open replication stream (see `wire::stream`).
+struct StreamConn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
 }
 
 impl PeerClient {
@@ -198,6 +215,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: self.client.clone(),
             target,
             node: node.clone(),
+            idle: None,
         }
     }
 }
@@ -207,6 +225,8 @@ pub struct PeerConn {
     client: PeerClient,
     target: NodeId,
     node: NodeInfo,
+    /// The replication stream of the last session, when it ended cleanly.
+    idle: Option<StreamConn>,
 }
 
 fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
@@ -219,6 +239,54 @@ fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
 }
 
 impl PeerConn {
+    /// Open a replication stream: a TCP connection upgraded by `POST /raft/stream`.
+    async fn open_stream(&self) -> Result<StreamConn, PeerError> {
+        let addr = self.node.raft.as_str();
+        let not_sent = |reason: String| PeerError::NotSent {
+            addr: addr.to_string(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| not_sent("connecting timed out".into()))?
+            .map_err(|e| not_sent(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (read, mut writer) = tcp.into_split();
+        let mut reader = BufReader::new(read);
+        let request = format!(
+            "POST {} HTTP/1.1\r\nhost: {addr}\r\n{TARGET_HEADER}: {}\r\n{CLUSTER_HEADER}: {}\r\n\
+             connection: upgrade\r\nupgrade: {}\r\ncontent-length: 0\r\n\r\n",
+            route::STREAM,
+            self.target,
+            self.client.cluster,
+            wire::stream::PROTOCOL,
+        );
+        let handshake = async {
+            writer.write_all(request.as_bytes()).await?;
+            let mut status = String::new();
+            reader.read_line(&mut status).await?;
+            let mut refusal = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
+                    break;
+                }
+                refusal.push_str(line.trim_end());
+                refusal.push(' ');
+            }
+            Ok::<_, std::io::Error>((status, refusal))
+        };
+        let (status, headers) = tokio::time::timeout(BASE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| not_sent("the stream handshake timed out".into()))?
+            .map_err(|e| not_sent(e.to_string()))?;
+        if !status.starts_with("HTTP/1.1 101") {
+            // Refused before anything was processed (identity mismatch, old peer).
+            return Err(not_sent(format!("the peer refused a replication stream: {} {headers}", status.trim())));
+        }
+        Ok(StreamConn { reader, writer })
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -234,6 +302,39 @@ impl PeerConn {
 
 impl RaftNetworkV2<TypeConfig> for PeerConn {
     type SnapshotData = SnapshotFile;
+
+    /// Send a stream of AppendEntries over one replication stream, answers read in order.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let conn = match self.idle.take() {
+                Some(conn) => conn,
+                None => self.open_stream().await.map_err(rpc_error)?,
+            };
+            let StreamConn { reader, writer } = conn;
+            let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+            let writer = tokio::spawn(send_requests(input, writer, sent_tx));
+            let session = Session {
+                reader: Some(reader),
+                sent: sent_rx,
+                writer: Some(writer),
+                idle: &mut self.idle,
+                floor: option.hard_ttl(),
+                addr: self.node.raft.clone(),
+            };
+            let answers = futures_util::stream::unfold(session, |mut s| async move {
+                let answer = s.next_answer().await?;
+                Some((answer, s))
+            });
+            Ok(answers.boxed())
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -315,5 +416,95 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(route::TRANSFER_LEADER, &req, deadline_for(0, option.hard_ttl()))
             .await
+    }
+}
+
+/// Write each request of `input` to the stream as it comes, split into parts, and tell the
+/// reader how many answers to expect for it and how many bytes it carried.
+async fn send_requests<S>(
+    mut input: S,
+    mut writer: OwnedWriteHalf,
+    sent: mpsc::UnboundedSender<(usize, u64)>,
+) -> std::io::Result<OwnedWriteHalf>
+where
+    S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    while let Some(req) = input.next().await {
+        let parts = wire::encode_append_parts(&req, MAX_APPEND_BYTES);
+        let bytes = parts.iter().map(|p| p.len() as u64).sum();
+        wire::stream::write_frames(&mut writer, &parts).await?;
+        if sent.send((parts.len(), bytes)).is_err() {
+            break;
+        }
+    }
+    Ok(writer)
+}
+
+/// One `stream_append` session: reads the answers for what the writer sent.
+struct Session<'s> {
+    reader: Option<BufReader<OwnedReadHalf>>,
+    sent: mpsc::UnboundedReceiver<(usize, u64)>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<OwnedWriteHalf>>>,
+    /// Where a cleanly finished stream is kept for the next session.
+    idle: &'s mut Option<StreamConn>,
+    floor: Duration,
+    addr: String,
+}
+
+impl Session<'_> {
+    fn failed(&mut self, reason: String) -> Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>> {
+        self.reader = None;
+        let e = PeerError::Unknown {
+            addr: self.addr.clone(),
+            reason,
+        };
+        Err(RPCError::Network(NetworkError::new(&e)))
+    }
+
+    async fn next_answer(&mut self) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        let mut reader = self.reader.take()?;
+        let Some((parts, bytes)) = self.sent.recv().await else {
+            // The input ended and everything sent was answered: keep the stream for later.
+            let writer = self.writer.take()?.await;
+            return match writer {
+                Ok(Ok(writer)) => {
+                    *self.idle = Some(StreamConn { reader, writer });
+                    None
+                }
+                Ok(Err(e)) => Some(self.failed(format!("sending on the replication stream failed: {e}"))),
+                Err(e) => Some(self.failed(format!("the replication sender stopped: {e}"))),
+            };
+        };
+        let limit = deadline_for(bytes, self.floor) + Duration::from_secs(1);
+        let mut acknowledged = None;
+        for _ in 0..parts {
+            let frame = match tokio::time::timeout(limit, wire::stream::read_frame(&mut reader)).await {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => return Some(self.failed("the peer closed the replication stream".into())),
+                Ok(Err(e)) => return Some(self.failed(format!("reading the replication stream failed: {e}"))),
+                Err(_) => {
+                    return Some(self.failed(format!(
+                        "no answer on the replication stream within {} ms",
+                        limit.as_millis()
+                    )))
+                }
+            };
+            match wire::decode::<StreamAppendResult<TypeConfig>>(&frame) {
+                Ok(Ok(matched)) => acknowledged = Some(matched),
+                // A conflict or a higher vote ends the session; the peer closes the stream.
+                Ok(Err(refusal)) => return Some(Ok(Err(refusal))),
+                Err(e) => return Some(self.failed(e.to_string())),
+            }
+        }
+        self.reader = Some(reader);
+        acknowledged.map(|matched| Ok(Ok(matched)))
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
     }
 }

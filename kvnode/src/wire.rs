@@ -13,6 +13,11 @@
 //!   are on disk, streamed.
 //!
 //! Each frame is `u32 length (little-endian) + MessagePack`.
+//!
+//! Replication runs over a long-lived stream rather than one HTTP request per AppendEntries
+//! (see [`stream`]): an HTTP/1.1 upgrade turns a peer connection into a pipe of frames, the
+//! leader sends requests without waiting for earlier answers, and the follower answers each in
+//! order once its log is durable.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,6 +35,8 @@ pub const CLUSTER_HEADER: &str = "x-kv-cluster";
 pub mod route {
     /// AppendEntries (framed, see [`super::encode_append`]).
     pub const APPEND: &str = "/raft/append";
+    /// Upgrade to a stream of AppendEntries (see [`super::stream`]).
+    pub const STREAM: &str = "/raft/stream";
     /// RequestVote.
     pub const VOTE: &str = "/raft/vote";
     /// Pre-vote: would the peer grant a vote?
@@ -178,6 +185,76 @@ pub fn decode_append(bytes: &[u8]) -> Result<openraft::raft::AppendEntriesReques
     })
 }
 
+/// Split an AppendEntries request into parts whose bodies stay within `max_bytes` each (a
+/// single larger entry goes alone); every part names the last entry of the one before it as its
+/// previous log id. Returns the encoded bodies.
+pub fn encode_append_parts(
+    req: &openraft::raft::AppendEntriesRequest<TypeConfig>,
+    max_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let (first, mut taken) = encode_append(req, max_bytes);
+    let mut parts = vec![first];
+    while taken < req.entries.len() {
+        let rest = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+            vote: req.vote,
+            prev_log_id: Some(req.entries[taken - 1].log_id),
+            leader_commit: req.leader_commit,
+            entries: req.entries[taken..].to_vec(),
+        };
+        let (body, n) = encode_append(&rest, max_bytes);
+        parts.push(body);
+        taken += n;
+    }
+    parts
+}
+
+/// The replication stream: frames over an upgraded HTTP/1.1 connection.
+///
+/// The leader opens it with `POST /raft/stream` carrying `Connection: upgrade` and
+/// `Upgrade: kv-raft-stream` plus the usual identity headers, and the follower answers `101`.
+/// From then on the leader writes one frame per AppendEntries part (the body of
+/// [`encode_append`]) and the follower writes one frame per part, in order: the MessagePack of
+/// openraft's `StreamAppendResult`, sent once the part is durable in its log.
+pub mod stream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The protocol name in the `Upgrade` header.
+    pub const PROTOCOL: &str = "kv-raft-stream";
+    /// Largest frame accepted: a generous bound on one part, so that a corrupt length cannot
+    /// make a reader allocate without limit.
+    pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+    /// Write frames with one write call.
+    pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bodies: &[Vec<u8>]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(bodies.iter().map(|b| b.len() + 4).sum());
+        for body in bodies {
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(body);
+        }
+        w.write_all(&buf).await
+    }
+
+    /// Read one frame; `None` at a clean end of the stream.
+    pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+        let mut len = [0u8; 4];
+        match r.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a replication frame of {len} bytes is larger than {MAX_FRAME}"),
+            ));
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await?;
+        Ok(Some(body))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +312,17 @@ mod tests {
         assert!(decode_append(&one).is_ok());
 
         assert!(decode_append(&all[..all.len() - 1]).is_err());
+
+        // Split into parts: each within the budget (bar a lone large entry), chained by their
+        // previous log ids, together carrying every entry once.
+        let parts = encode_append_parts(&req, 600);
+        assert_eq!(parts.len(), 3);
+        let decoded: Vec<_> = parts.iter().map(|p| decode_append(p).expect("part")).collect();
+        assert_eq!(decoded[0].prev_log_id, None);
+        assert_eq!(decoded[1].prev_log_id, Some(req.entries[0].log_id));
+        assert_eq!(decoded[2].prev_log_id, Some(req.entries[1].log_id));
+        let all_entries: Vec<_> = decoded.into_iter().flat_map(|d| d.entries).collect();
+        assert_eq!(all_entries, req.entries);
         assert!(decode_append(b"\xff\xff\xff\xff").is_err());
     }
 }
