@@ -12,7 +12,8 @@
 # The nodes keep their data in bin/run/data/node<ID>, as bin/create_server*.sh do: both ways
 # start the same cluster. Logs and pid files are in bin/run. Nodes are stopped by the pids
 # recorded at start, never by process name, so other kvnode processes are left alone.
-# Environment: see bin/common.sh (KV_CLUSTER, KV_RUN_DIR, KV_BIN_DIR, KV_NO_BUILD).
+# Environment: see bin/common.sh (KV_CLUSTER, KV_RUN_DIR, KV_BIN_DIR, KV_NO_BUILD), and
+# KV_NODE_ARGS: extra kvnode flags for every node (e.g. "--batch-in-flight 2").
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -67,7 +68,8 @@ start() {
                 continue
                 ;;
         esac
-        nohup "$KVNODE" --cluster "$CLUSTER" --id "$id" --data-dir "$(data_dir "$id")" \
+        # shellcheck disable=SC2086 # KV_NODE_ARGS is a list of flags, split on purpose
+        nohup "$KVNODE" --cluster "$CLUSTER" --id "$id" --data-dir "$(data_dir "$id")" ${KV_NODE_ARGS:-} \
             >>"$RUN_DIR/node$id.log" 2>&1 &
         echo $! > "$RUN_DIR/node$id.pid"
         echo "node $id starting at $http (pid $!, log $RUN_DIR/node$id.log)"
