@@ -192,6 +192,10 @@ pub(crate) struct Inner<C: RaftTypeConfig> {
     pub(crate) vote: Option<VoteOf<C>>,
     /// Last committed hint submitted.
     pub(crate) committed: Option<LogIdOf<C>>,
+    /// The encoded committed hint not yet taken by the writer. The hint does not travel through
+    /// the writer's queue: it is not worth waking the writer for, and it rides along with the
+    /// next group the writer forms anyway (see `writer`).
+    pub(crate) committed_payload: Option<Vec<u8>>,
     /// Last purged log id submitted.
     pub(crate) purged: Option<LogIdOf<C>>,
     /// Set when the writer failed; every later write is refused with this text.
@@ -236,6 +240,7 @@ impl<C: RaftTypeConfig> Inner<C> {
         Inner {
             vote,
             committed,
+            committed_payload: None,
             purged,
             poisoned: None,
             pristine,

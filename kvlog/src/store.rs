@@ -435,10 +435,16 @@ where
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let payload = to_payload(&committed).map_err(|e| encode_error("the committed log id", e))?;
-        self.submit(|inner| {
-            inner.committed = committed;
-            Ok(((), Op::Committed(payload)))
-        })
+        let mut inner = self.shared.lock();
+        if let Some(why) = &inner.poisoned {
+            return Err(io::Error::other(format!(
+                "the log store refuses writes after an earlier failure: {why}"
+            )));
+        }
+        inner.committed = committed;
+        inner.committed_payload = Some(payload);
+        inner.pristine = false;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {

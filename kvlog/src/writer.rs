@@ -50,8 +50,6 @@ pub(crate) enum Op<C: RaftTypeConfig> {
     },
     /// An encoded `Option<LogId>` after which entries were truncated.
     Truncate(Vec<u8>),
-    /// An encoded committed hint.
-    Committed(Vec<u8>),
     /// A complete new meta file. `purged` is the purge point it records when it was written for
     /// a purge: once the file is durable, segments holding only entries up to there can go.
     Meta {
@@ -116,6 +114,10 @@ impl<C: RaftTypeConfig> Writer<C> {
     pub(crate) fn run(mut self, rx: Receiver<Op<C>>) {
         while let Ok(first) = rx.recv() {
             self.shared.hooks.pause_point();
+            // Take the committed hint before draining the queue: every entry it covers was
+            // queued before the hint was set, so it is in this group or an earlier one, and the
+            // hint is never written ahead of the entries it names.
+            self.take_committed();
             let mut group = Group::new();
             self.handle(first, &mut group);
             while let Ok(op) = rx.try_recv() {
@@ -123,8 +125,15 @@ impl<C: RaftTypeConfig> Writer<C> {
             }
             self.flush(group, false);
         }
+        self.take_committed();
         self.flush(Group::new(), true);
         self.finish_preparation();
+    }
+
+    fn take_committed(&mut self) {
+        if let Some(payload) = self.shared.lock().committed_payload.take() {
+            self.pending_committed = Some(payload);
+        }
     }
 
     fn handle(&mut self, op: Op<C>, group: &mut Group<C>) {
@@ -144,7 +153,6 @@ impl<C: RaftTypeConfig> Writer<C> {
                 group.callbacks.push((batch, callback));
             }
             Op::Truncate(payload) => group.records.push((RecordKind::Truncate, payload)),
-            Op::Committed(payload) => self.pending_committed = Some(payload),
             Op::Meta { bytes, purged, done } => {
                 // Everything queued before the meta change must be durable before it.
                 let before = std::mem::replace(group, Group::new());
