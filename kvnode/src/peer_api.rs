@@ -186,7 +186,11 @@ where
             break;
         };
         let refused = answer.is_err();
-        if wire::stream::write_frames(&mut write, &[wire::encode(&answer)]).await.is_err() || refused {
+        if wire::stream::write_frames(&mut write, &[wire::encode(&answer)])
+            .await
+            .is_err()
+            || refused
+        {
             break;
         }
     }

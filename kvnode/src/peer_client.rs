@@ -282,7 +282,10 @@ impl PeerConn {
             .map_err(|e| not_sent(e.to_string()))?;
         if !status.starts_with("HTTP/1.1 101") {
             // Refused before anything was processed (identity mismatch, old peer).
-            return Err(not_sent(format!("the peer refused a replication stream: {} {headers}", status.trim())));
+            return Err(not_sent(format!(
+                "the peer refused a replication stream: {} {headers}",
+                status.trim()
+            )));
         }
         Ok(StreamConn { reader, writer })
     }
@@ -308,7 +311,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
     where
         S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
@@ -481,7 +490,9 @@ impl Session<'_> {
             let frame = match tokio::time::timeout(limit, wire::stream::read_frame(&mut reader)).await {
                 Ok(Ok(Some(frame))) => frame,
                 Ok(Ok(None)) => return Some(self.failed("the peer closed the replication stream".into())),
-                Ok(Err(e)) => return Some(self.failed(format!("reading the replication stream failed: {e}"))),
+                Ok(Err(e)) => {
+                    return Some(self.failed(format!("reading the replication stream failed: {e}")))
+                }
                 Err(_) => {
                     return Some(self.failed(format!(
                         "no answer on the replication stream within {} ms",

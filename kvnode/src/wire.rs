@@ -225,7 +225,10 @@ pub mod stream {
     pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
     /// Write frames with one write call.
-    pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bodies: &[Vec<u8>]) -> std::io::Result<()> {
+    pub async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+        w: &mut W,
+        bodies: &[Vec<u8>],
+    ) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(bodies.iter().map(|b| b.len() + 4).sum());
         for body in bodies {
             buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
