@@ -32,7 +32,7 @@ leader_id() { field id "$(kvctl leader -o json 2>/dev/null)"; }
     sleep 0.2
   done ) > "$KV_RUN_DIR/terms.log" &
 WATCHER=$!
-trap 'kill $WATCHER 2>/dev/null; "$BIN_DIR/cluster.sh" stop >/dev/null 2>&1 || true' EXIT
+trap 'kill $WATCHER 2>/dev/null || true; "$BIN_DIR/cluster.sh" stop || true' EXIT
 
 echo "filling $KEYS keys..."
 t0=$SECONDS

@@ -22,6 +22,7 @@
 
 use std::future::Future;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use openraft::base::{BoxFuture, BoxStream};
@@ -216,6 +217,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             node: node.clone(),
             idle: None,
+            last_open_failure: None,
         }
     }
 }
@@ -227,7 +229,14 @@ pub struct PeerConn {
     node: NodeInfo,
     /// The replication stream of the last session, when it ended cleanly.
     idle: Option<StreamConn>,
+    /// When opening a replication stream last failed. openraft starts its backoff only once
+    /// its core has seen the error; until then its replication task asks for a new stream at
+    /// once, thousands of times in a fraction of a second when a follower has just died.
+    last_open_failure: Option<Instant>,
 }
+
+/// Least time between two attempts to open a replication stream to a peer that refused one.
+const REOPEN_PAUSE: Duration = Duration::from_millis(50);
 
 fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
     match e {
@@ -324,7 +333,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         Box::pin(async move {
             let conn = match self.idle.take() {
                 Some(conn) => conn,
-                None => self.open_stream().await.map_err(rpc_error)?,
+                None => {
+                    if let Some(failed) = self.last_open_failure {
+                        tokio::time::sleep_until(failed + REOPEN_PAUSE).await;
+                    }
+                    match self.open_stream().await {
+                        Ok(conn) => {
+                            self.last_open_failure = None;
+                            conn
+                        }
+                        Err(e) => {
+                            self.last_open_failure = Some(Instant::now());
+                            return Err(rpc_error(e));
+                        }
+                    }
+                }
             };
             let StreamConn { reader, writer } = conn;
             let (sent_tx, sent_rx) = mpsc::unbounded_channel();
