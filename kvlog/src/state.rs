@@ -195,7 +195,13 @@ pub(crate) struct Inner<C: RaftTypeConfig> {
     /// The encoded committed hint not yet taken by the writer. The hint does not travel through
     /// the writer's queue: it is not worth waking the writer for, and it rides along with the
     /// next group the writer forms anyway (see `writer`).
-    pub(crate) committed_payload: Option<Vec<u8>>,
+    /// Each is paired with the number of operations submitted before it was set: the writer
+    /// takes a hint only once it has handled that many, so a hint is never written ahead of the
+    /// entries it names, and it is durable once anything submitted after it is. Several may wait
+    /// while the writer is busy; it writes the newest it may take.
+    pub(crate) committed_payloads: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// Operations submitted to the writer so far.
+    pub(crate) submitted: u64,
     /// Last purged log id submitted.
     pub(crate) purged: Option<LogIdOf<C>>,
     /// Set when the writer failed; every later write is refused with this text.
@@ -240,7 +246,8 @@ impl<C: RaftTypeConfig> Inner<C> {
         Inner {
             vote,
             committed,
-            committed_payload: None,
+            committed_payloads: std::collections::VecDeque::new(),
+            submitted: 0,
             purged,
             poisoned: None,
             pristine,

@@ -183,6 +183,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             next_group: opened.next_group,
             failed: None,
             pending_committed: None,
+            handled: 0,
             buf: Vec::new(),
             max_index: opened.max_index,
             zero_fill: options.zero_fill_segments,
@@ -299,6 +300,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             inner.poisoned = Some(why.clone());
             return Err(io::Error::other(why));
         }
+        inner.submitted += 1;
         Ok(result)
     }
 
@@ -442,7 +444,8 @@ where
             )));
         }
         inner.committed = committed;
-        inner.committed_payload = Some(payload);
+        let after = inner.submitted;
+        inner.committed_payloads.push_back((after, payload));
         inner.pristine = false;
         Ok(())
     }

@@ -79,6 +79,8 @@ pub(crate) struct Writer<C: RaftTypeConfig> {
     pub(crate) next_group: u64,
     pub(crate) failed: Option<String>,
     pub(crate) pending_committed: Option<Vec<u8>>,
+    /// Operations taken from the queue so far (see `take_committed`).
+    pub(crate) handled: u64,
     pub(crate) buf: Vec<u8>,
     /// Per open segment, the highest index of any entry record written to it (live or not).
     pub(crate) max_index: BTreeMap<u64, Option<u64>>,
@@ -114,10 +116,6 @@ impl<C: RaftTypeConfig> Writer<C> {
     pub(crate) fn run(mut self, rx: Receiver<Op<C>>) {
         while let Ok(first) = rx.recv() {
             self.shared.hooks.pause_point();
-            // Take the committed hint before draining the queue: every entry it covers was
-            // queued before the hint was set, so it is in this group or an earlier one, and the
-            // hint is never written ahead of the entries it names.
-            self.take_committed();
             let mut group = Group::new();
             self.handle(first, &mut group);
             while let Ok(op) = rx.try_recv() {
@@ -125,18 +123,26 @@ impl<C: RaftTypeConfig> Writer<C> {
             }
             self.flush(group, false);
         }
-        self.take_committed();
         self.flush(Group::new(), true);
         self.finish_preparation();
     }
 
+    /// Takes the committed hint when every operation submitted before it has been handled:
+    /// the entries it names are then in this group or an earlier one, and so is the hint of any
+    /// append submitted after it, which makes the hint durable whenever that append is.
     fn take_committed(&mut self) {
-        if let Some(payload) = self.shared.lock().committed_payload.take() {
-            self.pending_committed = Some(payload);
+        let mut inner = self.shared.lock();
+        while inner
+            .committed_payloads
+            .front()
+            .is_some_and(|(after, _)| *after <= self.handled)
+        {
+            self.pending_committed = inner.committed_payloads.pop_front().map(|(_, payload)| payload);
         }
     }
 
     fn handle(&mut self, op: Op<C>, group: &mut Group<C>) {
+        self.handled += 1;
         match op {
             Op::Append {
                 batch,
@@ -169,6 +175,9 @@ impl<C: RaftTypeConfig> Writer<C> {
     /// Writes `group` (plus a pending committed hint if anything else is written, or if this is
     /// the final flush) and fires its callbacks.
     fn flush(&mut self, mut group: Group<C>, last: bool) {
+        // Here, in every flush (also the one a meta change forces in the middle of a drain),
+        // since a flushed append makes every hint set before it durable.
+        self.take_committed();
         if (!group.records.is_empty() || last) && self.failed.is_none() {
             if let Some(committed) = self.pending_committed.take() {
                 group.records.push((RecordKind::Committed, committed));
