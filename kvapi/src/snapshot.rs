@@ -153,7 +153,9 @@ pub fn inspect(reader: impl Read) -> Result<Summary, InspectError> {
     w.fill(&mut magic)
         .map_err(|_| corrupt("it is too short to be a snapshot"))?;
     if magic != MAGIC {
-        return Err(corrupt("it does not start with the snapshot marker (not a kvnode snapshot)"));
+        return Err(corrupt(
+            "it does not start with the snapshot marker (not a kvnode snapshot)",
+        ));
     }
     let len = w.u32()?;
     if len > MAX_HEADER {

@@ -479,7 +479,8 @@ impl Config {
             Command::Snapshot(SnapshotCommand::Status { file }) => Action::SnapshotStatus { file },
         };
         check_write_timeout(&action, cli.timeout)?;
-        let (endpoints, source) = if matches!(action, Action::Completions(_) | Action::SnapshotStatus { .. }) {
+        let (endpoints, source) = if matches!(action, Action::Completions(_) | Action::SnapshotStatus { .. })
+        {
             (Vec::new(), ClusterSource::NotNeeded)
         } else {
             nodes(cli.endpoints.as_deref(), cli.cluster)?

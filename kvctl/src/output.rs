@@ -506,10 +506,23 @@ mod tests {
                 .to_string()
         };
         assert!(row("1").contains("not ready: catching_up"), "{out}");
-        assert!(!row("0").contains("not ready") && !row("2").contains("not ready"), "{out}");
-        assert!(out.contains("Quorum: yes (3 of 3"), "a node catching up still votes:\n{out}");
+        assert!(
+            !row("0").contains("not ready") && !row("2").contains("not ready"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Quorum: yes (3 of 3"),
+            "a node catching up still votes:\n{out}"
+        );
         let plain = render(|w| status(w, PLAIN, &survey));
-        assert!(plain.lines().nth(1).unwrap_or_default().ends_with("not ready: catching_up"), "{plain}");
+        assert!(
+            plain
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .ends_with("not ready: catching_up"),
+            "{plain}"
+        );
     }
 
     #[test]

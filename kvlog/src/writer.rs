@@ -35,10 +35,10 @@ use openraft::RaftTypeConfig;
 use tokio::sync::oneshot;
 
 use crate::format::{encode_record, record_len, to_payload, RecordKind, SEGMENT_HEADER_LEN};
+use crate::observer::{GroupWritten, WriteObserver};
 use crate::segment::{
     create_segment, install_segment, prepare_segment, segment_path, sync_dir, write_meta_file,
 };
-use crate::observer::{GroupWritten, WriteObserver};
 use crate::state::{Loc, Shared};
 
 /// One queued write.

@@ -41,7 +41,11 @@ async fn the_observer_sees_groups_meta_writes_and_failures() {
     {
         let groups = seen.groups.lock().expect("lock");
         let entry_counts: Vec<usize> = groups.iter().map(|g| g.entries).collect();
-        assert_eq!(entry_counts, vec![3, 2], "one group per awaited append: {groups:?}");
+        assert_eq!(
+            entry_counts,
+            vec![3, 2],
+            "one group per awaited append: {groups:?}"
+        );
         assert!(groups.iter().all(|g| g.records >= g.entries && g.bytes > 0));
     }
     assert_eq!(seen.metas.lock().expect("lock").len(), 1, "the vote's meta file");
@@ -51,5 +55,9 @@ async fn the_observer_sees_groups_meta_writes_and_failures() {
     let failures = seen.failures.lock().expect("lock").clone();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("injected"), "{failures:?}");
-    assert_eq!(seen.groups.lock().expect("lock").len(), 2, "a failed group is not reported as written");
+    assert_eq!(
+        seen.groups.lock().expect("lock").len(),
+        2,
+        "a failed group is not reported as written"
+    );
 }

@@ -194,8 +194,9 @@ impl Metrics {
             "Client API requests answered, by method, route pattern and status code",
             http_requests.clone(),
         );
-        let http_duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(new_latency_histogram as fn() -> Histogram);
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            new_latency_histogram as fn() -> Histogram,
+        );
         registry.register_with_unit(
             "http_request_duration",
             "Time from receiving a client API request to its answer, by method and route pattern",
@@ -351,8 +352,10 @@ impl Metrics {
         self.snapshot_duration
             .get_or_create(&kind)
             .observe(event.took.as_secs_f64());
-        self.snapshot_bytes.set(i64::try_from(event.bytes).unwrap_or(i64::MAX));
-        self.snapshot_keys.set(i64::try_from(event.keys).unwrap_or(i64::MAX));
+        self.snapshot_bytes
+            .set(i64::try_from(event.bytes).unwrap_or(i64::MAX));
+        self.snapshot_keys
+            .set(i64::try_from(event.keys).unwrap_or(i64::MAX));
     }
 
     /// Hook these metrics into a started Raft instance: its recorder, and a task that counts
@@ -408,7 +411,11 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION"),
         })
         .set(1);
-        r.register("build_info", "Always 1; labels name this node and its version", info);
+        r.register(
+            "build_info",
+            "Always 1; labels name this node and its version",
+            info,
+        );
 
         let states = Family::<StateLabels, Gauge>::default();
         for (state, name) in [
@@ -427,11 +434,7 @@ impl Metrics {
             "1 for this node's current Raft role, 0 for the others",
             states,
         );
-        r.register(
-            "raft_term",
-            "The current Raft term",
-            index(Some(m.current_term)),
-        );
+        r.register("raft_term", "The current Raft term", index(Some(m.current_term)));
         r.register(
             "raft_is_leader",
             "1 when this node is the leader",
@@ -564,10 +567,7 @@ impl Metrics {
             "Writes remembered by the exactly-once table (the idempotency keys of the last 10 minutes of log time)",
             index(Some(records)),
         );
-        let fatal = !matches!(
-            m.running_state,
-            Ok(()) | Err(openraft::errors::Fatal::Stopped)
-        );
+        let fatal = !matches!(m.running_state, Ok(()) | Err(openraft::errors::Fatal::Stopped));
         r.register(
             "storage_failed",
             "1 once a storage write failed (the node then stops and exits non-zero)",

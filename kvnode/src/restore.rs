@@ -42,7 +42,9 @@ use crate::types::{LogId, LogIndex, NodeId, NodeInfo, SnapshotMeta, StoredMember
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     /// The target directory already holds something.
-    #[error("data directory {0} is not empty: restore builds a new node's directory; give a new or empty one")]
+    #[error(
+        "data directory {0} is not empty: restore builds a new node's directory; give a new or empty one"
+    )]
     NotEmpty(PathBuf),
     /// The snapshot file cannot be read or is damaged.
     #[error("cannot restore from {path}: {source}")]
@@ -53,7 +55,9 @@ pub enum RestoreError {
         source: SnapshotError,
     },
     /// The snapshot holds no applied entry at all.
-    #[error("the snapshot {0} was taken before its cluster had applied anything; there is nothing to restore")]
+    #[error(
+        "the snapshot {0} was taken before its cluster had applied anything; there is nothing to restore"
+    )]
     Empty(PathBuf),
     /// The cluster file does not describe a valid membership.
     #[error("the cluster file does not make a valid membership: {0}")]
@@ -94,7 +98,11 @@ pub fn identity_for_new_cluster(config: &NodeConfig) -> Identity {
 
 /// Build, in `config.data_dir`, node `config.id`'s data directory of the new cluster described
 /// by `file`, holding the data of the snapshot file `backup`.
-pub async fn restore(backup: &Path, file: &ClusterFile, config: &NodeConfig) -> Result<Restored, RestoreError> {
+pub async fn restore(
+    backup: &Path,
+    file: &ClusterFile,
+    config: &NodeConfig,
+) -> Result<Restored, RestoreError> {
     let dir = config.data_dir.clone();
     if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(RestoreError::NotEmpty(dir));
@@ -176,8 +184,8 @@ fn new_cluster_meta(index: LogIndex, file: &ClusterFile) -> Result<SnapshotMeta,
             )
         })
         .collect();
-    let membership =
-        openraft::Membership::new(vec![voters], nodes).map_err(|e| RestoreError::Membership(e.to_string()))?;
+    let membership = openraft::Membership::new(vec![voters], nodes)
+        .map_err(|e| RestoreError::Membership(e.to_string()))?;
     Ok(SnapshotMeta {
         last_log_id: Some(log_id),
         last_membership: StoredMembership::new(Some(log_id), membership),
@@ -205,7 +213,10 @@ mod tests {
     fn the_new_meta_keeps_the_index_and_names_the_new_members() {
         let meta = new_cluster_meta(1234, &cluster()).expect("meta");
         let log_id = meta.last_log_id.expect("log id");
-        assert_eq!((log_id.index, log_id.leader_id.term, log_id.leader_id.node_id), (1234, 0, 4));
+        assert_eq!(
+            (log_id.index, log_id.leader_id.term, log_id.leader_id.node_id),
+            (1234, 0, 4)
+        );
         let voters: Vec<NodeId> = meta.last_membership.voter_ids().collect();
         assert_eq!(voters, vec![4, 5, 6]);
         assert_eq!(meta.last_membership.log_id(), &Some(log_id));

@@ -122,9 +122,10 @@ pub async fn run(
     let dir = config.data_dir.clone();
     let metrics = Metrics::new(config.id);
     let log_observer: Arc<dyn kvlog::WriteObserver> = metrics.log_observer();
-    let data = tokio::task::spawn_blocking(move || DataDir::open_observed(&dir, &identity, Some(log_observer)))
-        .await
-        .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
+    let data =
+        tokio::task::spawn_blocking(move || DataDir::open_observed(&dir, &identity, Some(log_observer)))
+            .await
+            .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
     log_what_was_found(&data);
     let snapshot_metrics = metrics.clone();
     data.sm

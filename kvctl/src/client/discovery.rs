@@ -56,7 +56,12 @@ impl Client {
         reports
     }
 
-    async fn ask_statuses(&self, targets: Vec<Target>, deadline: Instant, readiness: bool) -> Vec<NodeReport> {
+    async fn ask_statuses(
+        &self,
+        targets: Vec<Target>,
+        deadline: Instant,
+        readiness: bool,
+    ) -> Vec<NodeReport> {
         let limit = self.probe_limit(deadline);
         let mut set = JoinSet::new();
         for (i, target) in targets.into_iter().enumerate() {
