@@ -8,11 +8,14 @@
 //! that fails it. `/ready` answers whether the node can serve clients now: it knows a leader
 //! (and if it leads, a majority acknowledged it within its lease), it is a member of the
 //! configuration, its storage works, and it has applied everything the leader had committed
-//! when the check began. The last condition is checked against the commit index the leader
-//! last sent this node; a healthy node reaches it within milliseconds, so the check waits for
-//! up to [`READY_APPLY_WAIT`] before it calls the node `catching_up`. A follower applying a long
-//! backlog or a snapshot stays unready until it is done, which is what a load balancer should
-//! know. Both answers are one JSON document, the same shape with `200` and `503`.
+//! when the check began. The last two are checked by asking the leader for a read index (it
+//! confirms its leadership with a majority and names its commit index, as for a linearizable
+//! read): a follower's own view is not enough, because with pre-vote a follower cut off from a
+//! dead leader keeps naming it. A healthy node then reaches that index within milliseconds,
+//! so the check waits for up to [`READY_APPLY_WAIT`] before it calls the node `catching_up`. A
+//! follower applying a long backlog or a snapshot stays unready until it is done, which is
+//! what a load balancer should know. Both answers are one JSON document, the same shape with
+//! `200` and `503`.
 //!
 //! # Backups
 //!
@@ -103,6 +106,7 @@ pub fn wrap(api: Router, node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/admin/snapshot", get(snapshot))
+        .method_not_allowed_fallback(crate::client_api::method_not_allowed)
         .with_state(ops.clone());
     api.merge(routes)
         .layer(axum::middleware::from_fn_with_state(ops, track))
@@ -139,7 +143,11 @@ async fn track(State(ops): State<Arc<Ops>>, request: Request, next: Next) -> Res
         .observe(elapsed.as_secs_f64());
     ops.metrics
         .http_requests
-        .get_or_create(&RequestLabels { method, route, status })
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status,
+        })
         .inc();
     span.in_scope(|| {
         let ms = elapsed.as_millis() as u64;
@@ -158,7 +166,9 @@ async fn track(State(ops): State<Arc<Ops>>, request: Request, next: Next) -> Res
 async fn metrics_text(State(ops): State<Arc<Ops>>) -> Response {
     match ops.metrics.render(&ops.node) {
         Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
-        Err(e) => ApiError::new(ErrorCode::Internal, format!("cannot encode the metrics: {e}")).into_response(),
+        Err(e) => {
+            ApiError::new(ErrorCode::Internal, format!("cannot encode the metrics: {e}")).into_response()
+        }
     }
 }
 
@@ -242,8 +252,8 @@ impl Facts {
         }
     }
 
-    /// Whether the node can serve, not counting whether it has applied enough (see
-    /// [`Facts::applied_enough`]); `Err` names the reason.
+    /// Whether the node can serve as far as its own state tells; `/ready` then confirms the
+    /// leader's commit with the leader and waits for it. `Err` names the reason.
     pub fn readiness(&self) -> Result<(), (NotReadyReason, String)> {
         if let Err((_, why)) = self.health() {
             return Err((NotReadyReason::StorageFailed, why));
@@ -279,11 +289,6 @@ impl Facts {
         }
         Ok(())
     }
-
-    /// Whether this node has applied what the leader had committed.
-    pub fn applied_enough(&self) -> bool {
-        self.applied >= self.leader_commit
-    }
 }
 
 async fn health(State(ops): State<Arc<Ops>>) -> Response {
@@ -313,27 +318,48 @@ async fn health(State(ops): State<Arc<Ops>>) -> Response {
 
 async fn ready(State(ops): State<Arc<Ops>>) -> Response {
     let facts = Facts::of(&ops.node, ops.metrics.storage_failed());
+    let mut leader_commit = facts.leader_commit;
     let mut verdict = facts.readiness();
-    let mut applied = facts.applied;
-    if verdict.is_ok() && !facts.applied_enough() {
-        let reached = ops
-            .node
-            .raft
-            .wait(Some(READY_APPLY_WAIT))
-            .applied_index_at_least(facts.leader_commit, "readiness check")
-            .await;
-        applied = ops.node.raft.metrics().borrow_watched().last_applied.map(|l| l.index);
-        if reached.is_err() && applied < facts.leader_commit {
-            verdict = Err((
-                NotReadyReason::CatchingUp,
-                format!(
-                    "this node has applied up to index {} of the {} the leader had committed",
-                    applied.unwrap_or(0),
-                    facts.leader_commit.unwrap_or(0)
-                ),
-            ));
+    if verdict.is_ok() {
+        match confirm_leader_commit(&ops.node).await {
+            Ok(index) => {
+                leader_commit = index;
+                let applied = ops
+                    .node
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .last_applied
+                    .map(|l| l.index);
+                if applied < index {
+                    let reached = ops
+                        .node
+                        .raft
+                        .wait(Some(READY_APPLY_WAIT))
+                        .applied_index_at_least(index, "readiness check")
+                        .await;
+                    if reached.is_err() {
+                        verdict = Err((
+                            NotReadyReason::CatchingUp,
+                            format!(
+                                "this node has applied up to index {} of the {} the leader had committed",
+                                applied.unwrap_or(0),
+                                index.unwrap_or(0)
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(why) => verdict = Err((NotReadyReason::NoLeader, why)),
         }
     }
+    let applied = ops
+        .node
+        .raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .map(|l| l.index);
     let (status, reason, message) = match verdict {
         Ok(()) => (StatusCode::OK, None, None),
         Err((reason, message)) => (StatusCode::SERVICE_UNAVAILABLE, Some(reason), Some(message)),
@@ -344,10 +370,24 @@ async fn ready(State(ops): State<Arc<Ops>>) -> Response {
         reason,
         message,
         leader: facts.leader,
-        leader_commit: facts.leader_commit,
+        leader_commit,
         applied_index: applied,
     };
     (status, Json(body)).into_response()
+}
+
+/// What the leader has committed, confirmed by the leader with a majority now (a read index),
+/// within [`READY_APPLY_WAIT`]. Asking the leader rather than trusting this node's view matters
+/// on a follower cut off from a dead leader: with pre-vote it keeps naming that leader.
+async fn confirm_leader_commit(node: &Node) -> Result<Option<LogIndex>, String> {
+    match tokio::time::timeout(READY_APPLY_WAIT, node.read_index()).await {
+        Ok(Ok(index)) => Ok(index),
+        Ok(Err(e)) => Err(format!("no leader confirmed its leadership: {e}")),
+        Err(_) => Err(format!(
+            "no leader confirmed its leadership with a majority within {} ms",
+            READY_APPLY_WAIT.as_millis()
+        )),
+    }
 }
 
 async fn snapshot(
@@ -402,7 +442,8 @@ async fn snapshot(
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(
@@ -442,7 +483,10 @@ impl std::io::Write for ChunkSender {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(SNAPSHOT_CHUNK),
+        ));
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
@@ -474,22 +518,10 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_that_knows_the_leader_and_applied_its_commit_is_ready() {
+    fn a_follower_that_knows_the_leader_is_ready_as_far_as_it_can_tell() {
         let f = healthy_follower();
         assert_eq!(f.health(), Ok(()));
         assert_eq!(reason(&f), None);
-        assert!(f.applied_enough());
-        let behind = Facts {
-            applied: Some(9),
-            ..healthy_follower()
-        };
-        assert!(!behind.applied_enough(), "one entry behind is catching up");
-        let fresh = Facts {
-            applied: None,
-            leader_commit: None,
-            ..healthy_follower()
-        };
-        assert!(fresh.applied_enough(), "nothing committed, nothing to apply");
     }
 
     #[test]
