@@ -163,11 +163,10 @@ async fn download(
     tracing::debug!(%address, %request_id, status = response.status().as_u16(), "snapshot download started");
     let status = response.status().as_u16();
     if status != 200 {
-        let retry_after = None;
         let body = response.bytes().await.unwrap_or_default();
         return Err(failed(format!(
             "{} (request id {request_id})",
-            error_answer(status, &body, retry_after).describe()
+            error_answer(status, &body, None).describe()
         )));
     }
     let announced = response
