@@ -294,13 +294,7 @@ fn request_ids_are_returned_and_json_logs_are_one_object_per_line() {
         .to_string();
     assert!(made.starts_with("0-"), "{made}");
     let r = c
-        .request(
-            0,
-            "GET",
-            "/admin/status",
-            None,
-            &[("X-Request-Id", "bad id")],
-        )
+        .request(0, "GET", "/admin/status", None, &[("X-Request-Id", "bad id")])
         .expect("answer");
     let replaced = r.headers.get("x-request-id").and_then(|v| v.to_str().ok());
     assert!(
