@@ -8,6 +8,8 @@
 //! The HTTP API itself is described in `api_description.yml` at the top of the repository.
 
 pub mod cluster;
+pub mod ops;
+pub mod snapshot;
 
 pub use cluster::{ClusterFile, ClusterFileError, NodeAddr};
 

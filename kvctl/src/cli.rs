@@ -267,6 +267,9 @@ pub enum Command {
     Leader,
     /// Generate load and report throughput and latency percentiles
     Bench(BenchArgs),
+    /// Back up the cluster's data to a file, or check such a file
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Start an interactive shell: these commands with history, completion of commands and
     /// keys, and a prompt that shows the leader (reads a script when stdin is not a terminal)
     Repl,
@@ -274,6 +277,22 @@ pub enum Command {
     Completions {
         /// The shell
         shell: clap_complete::Shell,
+    },
+}
+
+/// `kvctl snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent copy of every key and value to FILE (written atomically: FILE appears
+    /// only once complete and verified). Restore it with `kvnode restore`.
+    Save {
+        /// Where to write the snapshot
+        file: PathBuf,
+    },
+    /// Print a snapshot file's index, key count, size and checksum, and verify it
+    Status {
+        /// The snapshot file
+        file: PathBuf,
     },
 }
 
@@ -317,6 +336,16 @@ pub enum Action {
     Bench(kvctl::bench::BenchSpec),
     /// Print a completion script.
     Completions(clap_complete::Shell),
+    /// Save a snapshot of the cluster's data to a file.
+    SnapshotSave {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Describe and verify a snapshot file.
+    SnapshotStatus {
+        /// The file.
+        file: PathBuf,
+    },
     /// Start the interactive shell.
     Repl,
 }
@@ -446,9 +475,12 @@ impl Config {
             Command::Completions { shell } => Action::Completions(shell),
             Command::Repl => Action::Repl,
             Command::Bench(args) => Action::Bench(args.into_spec(cli.consistency)?),
+            Command::Snapshot(SnapshotCommand::Save { file }) => Action::SnapshotSave { file },
+            Command::Snapshot(SnapshotCommand::Status { file }) => Action::SnapshotStatus { file },
         };
         check_write_timeout(&action, cli.timeout)?;
-        let (endpoints, source) = if matches!(action, Action::Completions(_)) {
+        let (endpoints, source) = if matches!(action, Action::Completions(_) | Action::SnapshotStatus { .. })
+        {
             (Vec::new(), ClusterSource::NotNeeded)
         } else {
             nodes(cli.endpoints.as_deref(), cli.cluster)?

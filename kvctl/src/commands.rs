@@ -36,6 +36,13 @@ pub async fn run(config: Config, pretty: bool) -> anyhow::Result<Exit> {
         completion_script(shell)?;
         return Ok(Exit::Success);
     }
+    if let Action::SnapshotStatus { file } = &config.action {
+        let style = Style {
+            format: config.format,
+            pretty,
+        };
+        return snapshot_status(file, style).map(|()| Exit::Success);
+    }
     let client = connect(&config.endpoints, config.timeout, config.consistency)?;
     execute(&client, config, pretty).await
 }
@@ -111,6 +118,15 @@ pub async fn execute(client: &Client, config: Config, pretty: bool) -> anyhow::R
             }
         }
         Action::Completions(shell) => completion_script(shell)?,
+        Action::SnapshotSave { file } => {
+            let saved = kvctl::snapshot::save(client, &file).await.map_err(|e| match e {
+                // The client's errors keep their exit codes (3: no leader or quorum).
+                kvctl::snapshot::SnapshotError::Client(e) => anyhow::Error::from(e),
+                other => anyhow::Error::from(other),
+            })?;
+            render(|w| output::snapshot_saved(w, style, &file, &saved))?;
+        }
+        Action::SnapshotStatus { file } => snapshot_status(&file, style)?,
         // The REPL handles its own command before it gets here.
         Action::Repl => return Err(crate::cli::UsageError("already in the REPL".into()).into()),
     }
@@ -182,6 +198,12 @@ async fn watch(client: &Client, style: Style, every: Duration) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// `snapshot status`: describe a snapshot file, or say why it is not a sound one.
+fn snapshot_status(file: &std::path::Path, style: Style) -> anyhow::Result<()> {
+    let summary = kvctl::snapshot::status(file)?;
+    render(|w| output::snapshot_status(w, style, file, &summary))
 }
 
 /// Print the completion script of `shell`.

@@ -18,6 +18,7 @@
 //! - [`survey`]: the cluster-wide picture assembled from every node's status: who leads, how far
 //!   each follower trails, whether there is a quorum.
 //! - [`bench`]: the load generator behind `kvctl bench`.
+//! - [`snapshot`]: backups, `kvctl snapshot save` and `kvctl snapshot status`.
 //! - [`output`]: rendering of results as tables, JSON or plain lines into any `io::Write`.
 //!
 //! Nothing here prints on its own: diagnostics go through `tracing`, results through [`output`].
@@ -30,6 +31,7 @@ pub mod endpoint;
 pub mod error;
 pub mod output;
 pub mod retry;
+pub mod snapshot;
 pub mod survey;
 pub mod transport;
 pub mod value;

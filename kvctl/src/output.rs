@@ -157,7 +157,7 @@ pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<(
                     opt(n.last_applied),
                     lag_text(survey, n),
                     format!("{:.1}", n.response_ms),
-                    n.error.clone().unwrap_or_else(|| "-".into()),
+                    problem(n).unwrap_or_else(|| "-".into()),
                 ];
                 writeln!(w, "{}", fields.join("\t"))?;
             }
@@ -179,7 +179,7 @@ pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<(
                     Cell::new(opt(n.last_applied)).set_alignment(CellAlignment::Right),
                     Cell::new(lag_text(survey, n)).set_alignment(CellAlignment::Right),
                     Cell::new(format_response_time(n.response_ms)).set_alignment(CellAlignment::Right),
-                    Cell::new(n.error.as_deref().unwrap_or("")),
+                    Cell::new(problem(n).unwrap_or_default()),
                 ]);
             }
             writeln!(w, "{table}")?;
@@ -198,6 +198,91 @@ fn lag_text(survey: &Survey, n: &NodeRow) -> String {
         (Some(lag), _) => lag.to_string(),
         (None, Some(_)) => "unknown".into(),
         (None, None) => "-".into(),
+    }
+}
+
+/// The ERROR column: why the node did not answer, or, for a node that answers but says it
+/// cannot serve yet, `not ready: REASON`.
+fn problem(n: &NodeRow) -> Option<String> {
+    if let Some(e) = &n.error {
+        return Some(e.clone());
+    }
+    match (n.ready, n.not_ready_reason) {
+        (Some(false), Some(reason)) => Some(format!("not ready: {}", reason.name())),
+        (Some(false), None) => Some("not ready".into()),
+        _ => None,
+    }
+}
+
+/// Render what `snapshot save` wrote.
+pub fn snapshot_saved(
+    w: &mut impl Write,
+    style: Style,
+    file: &std::path::Path,
+    saved: &crate::snapshot::Saved,
+) -> io::Result<()> {
+    let s = &saved.summary;
+    match style.format {
+        Format::Json => write_json(w, saved, style.pretty),
+        Format::Plain => writeln!(w, "{}\t{}", opt(s.index), file.display()),
+        Format::Table => writeln!(
+            w,
+            "Saved {} from node {} ({}): index {}, {} keys, {} bytes, checksum {}, verified",
+            file.display(),
+            saved.node,
+            saved.address,
+            opt(s.index),
+            s.keys,
+            s.size,
+            s.checksum
+        ),
+    }
+}
+
+/// Render `snapshot status`.
+pub fn snapshot_status(
+    w: &mut impl Write,
+    style: Style,
+    file: &std::path::Path,
+    s: &kvapi::snapshot::Summary,
+) -> io::Result<()> {
+    match style.format {
+        Format::Json => write_json(
+            w,
+            &serde_json::json!({
+                "file": file.display().to_string(),
+                "index": s.index,
+                "term": s.term,
+                "keys": s.keys,
+                "idempotency_records": s.idempotency_records,
+                "members": s.members,
+                "size": s.size,
+                "checksum": s.checksum,
+                "verified": true,
+            }),
+            style.pretty,
+        ),
+        Format::Plain => writeln!(
+            w,
+            "{}\t{}\t{}\t{}\tverified",
+            opt(s.index),
+            s.keys,
+            s.size,
+            s.checksum
+        ),
+        Format::Table => {
+            let mut table = new_table();
+            table.set_header(vec!["INDEX", "TERM", "KEYS", "SIZE", "CHECKSUM", "VERIFIED"]);
+            table.add_row(vec![
+                Cell::new(opt(s.index)).set_alignment(CellAlignment::Right),
+                Cell::new(opt(s.term)).set_alignment(CellAlignment::Right),
+                Cell::new(s.keys).set_alignment(CellAlignment::Right),
+                Cell::new(s.size).set_alignment(CellAlignment::Right),
+                Cell::new(format!("crc32 {}", s.checksum)),
+                Cell::new("yes"),
+            ]);
+            writeln!(w, "{table}")
+        }
     }
 }
 
@@ -389,6 +474,55 @@ mod tests {
                 .unwrap_or_default()
         };
         assert!(row("0").contains("* leader") && row("1").contains("follower"));
+    }
+
+    #[test]
+    fn a_node_that_answers_but_is_not_ready_is_marked() {
+        let readiness = |node, ready, reason| {
+            Some(Ok(kvapi::ops::Readiness {
+                node,
+                ready,
+                reason,
+                message: None,
+                leader: Some(0),
+                leader_commit: Some(10),
+                applied_index: Some(3),
+            }))
+        };
+        let mut reports = healthy();
+        reports[0].ready = readiness(0, true, None);
+        reports[1].ready = readiness(1, false, Some(kvapi::ops::NotReadyReason::CatchingUp));
+        reports[2].ready = Some(Err("HTTP 404: no route".into()));
+        let survey = Survey::from_reports(&reports);
+        assert_eq!(
+            survey.nodes.iter().map(|n| n.ready).collect::<Vec<_>>(),
+            vec![Some(true), Some(false), None]
+        );
+        let out = render(|w| status(w, TABLE, &survey));
+        let row = |id: &str| {
+            out.lines()
+                .find(|l| l.contains(&format!("127.0.0.1:800{id}")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(row("1").contains("not ready: catching_up"), "{out}");
+        assert!(
+            !row("0").contains("not ready") && !row("2").contains("not ready"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Quorum: yes (3 of 3"),
+            "a node catching up still votes:\n{out}"
+        );
+        let plain = render(|w| status(w, PLAIN, &survey));
+        assert!(
+            plain
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .ends_with("not ready: catching_up"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -634,6 +634,7 @@ mod tests {
             address: format!("n{id}:1"),
             result: result.map_err(str::to_string),
             elapsed: Duration::from_millis(1),
+            ready: None,
         };
         let healthy = Survey::from_reports(&[
             report(0, Ok(status(0, "leader", 1, Some(0)))),

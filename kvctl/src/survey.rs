@@ -23,6 +23,7 @@
 
 use std::time::Duration;
 
+use kvapi::ops::{NotReadyReason, Readiness};
 use kvapi::{NodeId, Role, Status, Term};
 use serde::Serialize;
 
@@ -37,6 +38,8 @@ pub struct NodeReport {
     pub result: Result<Status, String>,
     /// How long the request took.
     pub elapsed: Duration,
+    /// Its answer to `/ready`, when it was asked (`None`: not asked).
+    pub ready: Option<Result<Readiness, String>>,
 }
 
 /// One node's row in the survey.
@@ -69,6 +72,11 @@ pub struct NodeRow {
     pub response_ms: f64,
     /// Why the node did not answer.
     pub error: Option<String>,
+    /// Whether the node says it is ready to serve (`/ready`); `None` when unknown (it did not
+    /// answer, or was not asked).
+    pub ready: Option<bool>,
+    /// Why it is not ready, when it says so.
+    pub not_ready_reason: Option<NotReadyReason>,
 }
 
 /// The cluster-wide picture.
@@ -155,6 +163,12 @@ impl Survey {
             .map(|r| {
                 // Whole microseconds, so JSON shows 1.234 and not 1.2340000000000002.
                 let response_ms = r.elapsed.as_micros() as f64 / 1000.0;
+                let readiness = match &r.ready {
+                    Some(Ok(readiness)) if r.result.is_ok() => Some(readiness),
+                    _ => None,
+                };
+                let ready = readiness.map(|x| x.ready);
+                let not_ready_reason = readiness.and_then(|x| x.reason);
                 match &r.result {
                     Ok(s) => NodeRow {
                         id: Some(s.id),
@@ -170,6 +184,8 @@ impl Survey {
                         lag: lag_of(s.id, leader_status),
                         response_ms,
                         error: None,
+                        ready,
+                        not_ready_reason,
                     },
                     Err(e) => NodeRow {
                         id: r.id,
@@ -185,6 +201,8 @@ impl Survey {
                         lag: r.id.and_then(|id| lag_of(id, leader_status)),
                         response_ms,
                         error: Some(e.clone()),
+                        ready: None,
+                        not_ready_reason: None,
                     },
                 }
             })
@@ -418,6 +436,7 @@ pub(crate) mod tests {
             address: format!("127.0.0.1:{}", 8000 + id),
             result: result.map_err(str::to_string),
             elapsed: Duration::from_micros(1500),
+            ready: None,
         }
     }
 

@@ -20,6 +20,7 @@
 
 use std::time::Duration;
 
+use kvapi::ops::Readiness;
 use kvapi::{ErrorBody, ErrorCode, LeaderRef, Status, IDEMPOTENCY_HEADER, REPLAYED_HEADER};
 
 use crate::endpoint::base_url;
@@ -185,9 +186,37 @@ impl Transport {
 
     /// Send `request` once to the node at `address` (`host:port`), allowing `limit` for the
     /// whole exchange. A 2xx answer is a [`Reply`]; anything else is a [`Failure`].
+    ///
+    /// Every attempt carries a fresh `X-Request-Id`, which the node names in its log lines
+    /// about the request; a failed attempt is logged at debug level (`kvctl -v`) with that id,
+    /// so it can be looked up in the node's log, even when no answer came.
     pub async fn send(&self, address: &str, request: &Request, limit: Duration) -> Result<Reply, Failure> {
+        let request_id = new_request_id();
+        let result = self.send_once(address, request, limit, &request_id).await;
+        if let Err(failure) = &result {
+            tracing::debug!(
+                "{} {} to {address} failed (request id {request_id}): {}",
+                request.method,
+                request.path,
+                failure.describe()
+            );
+        }
+        result
+    }
+
+    async fn send_once(
+        &self,
+        address: &str,
+        request: &Request,
+        limit: Duration,
+        request_id: &str,
+    ) -> Result<Reply, Failure> {
         let url = format!("{}{}", base_url(address), request.path);
-        let mut builder = self.http.request(request.method.clone(), url).timeout(limit);
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .timeout(limit)
+            .header(kvapi::ops::REQUEST_ID_HEADER, request_id);
         if let Some(key) = &request.idempotency_key {
             builder = builder.header(IDEMPOTENCY_HEADER, key.as_str());
         }
@@ -223,6 +252,25 @@ impl Transport {
         }
     }
 
+    /// GET one node's `/ready` within `limit`. Its document comes with `200` (ready) and with
+    /// `503` (not ready, with the reason); anything else is a failure.
+    pub async fn readiness(&self, address: &str, limit: Duration) -> Result<Readiness, Failure> {
+        let response = self
+            .http
+            .get(format!("{}/ready", base_url(address)))
+            .timeout(limit)
+            .header(kvapi::ops::REQUEST_ID_HEADER, new_request_id())
+            .send()
+            .await
+            .map_err(|e| transport_failure(&e, limit))?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| transport_failure(&e, limit))?;
+        match serde_json::from_slice::<Readiness>(&body) {
+            Ok(readiness) if status == 200 || status == 503 => Ok(readiness),
+            _ => Err(error_answer(status, &body, None)),
+        }
+    }
+
     /// GET one node's `/admin/status` within `limit`.
     pub async fn status(&self, address: &str, limit: Duration) -> Result<Status, Failure> {
         let request = Request {
@@ -240,6 +288,11 @@ impl Transport {
             retry_after: None,
         })
     }
+}
+
+/// A fresh id for one request: `kvctl-` and 16 random hex digits.
+pub fn new_request_id() -> String {
+    format!("kvctl-{:016x}", rand::random::<u64>())
 }
 
 /// `Retry-After` in its delta-seconds form (the one kvnode sends); the HTTP-date form is not

@@ -18,7 +18,8 @@
 //!   damage makes [`LogStore::open`] refuse, naming the file and offset.
 //!
 //! The format is described in the `format` module, recovery rules in `recovery`, and the
-//! writer's ordering in `writer`. Usage:
+//! writer's ordering in `writer`. A [`WriteObserver`] in the options sees each write group's
+//! size and `fdatasync` time, for metrics. Usage:
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -36,6 +37,7 @@
 mod error;
 mod format;
 mod hooks;
+mod observer;
 mod options;
 mod recovery;
 mod segment;
@@ -44,6 +46,7 @@ mod store;
 mod writer;
 
 pub use error::OpenError;
+pub use observer::{GroupWritten, WriteObserver};
 pub use options::LogStoreOptions;
 #[cfg(feature = "test-hooks")]
 pub use store::WriteHold;

@@ -4,6 +4,10 @@
 //! `fsync` plus a file creation) is rare, and a cache that holds the recent entries which
 //! replication to a slightly lagging follower rereads.
 
+use std::sync::Arc;
+
+use crate::observer::WriteObserver;
+
 /// Options for [`LogStore::open`](crate::LogStore::open).
 ///
 /// Start from [`LogStoreOptions::default`] and change fields as needed.
@@ -23,6 +27,9 @@ pub struct LogStoreOptions {
     /// thread, except for a segment created while opening), and makes every later `fdatasync`
     /// cheaper, most of all for larger write groups; see `logbench`. Default true.
     pub zero_fill_segments: bool,
+    /// Told about every write group and meta file the writer thread makes durable, and about
+    /// a failed write (see [`WriteObserver`]). Default none.
+    pub observer: Option<Arc<dyn WriteObserver>>,
 }
 
 impl Default for LogStoreOptions {
@@ -31,6 +38,7 @@ impl Default for LogStoreOptions {
             segment_size: 64 * 1024 * 1024,
             cache_bytes: 32 * 1024 * 1024,
             zero_fill_segments: true,
+            observer: None,
         }
     }
 }
@@ -54,6 +62,12 @@ impl LogStoreOptions {
     /// These options with [`cache_bytes`](Self::cache_bytes) set to `bytes`.
     pub fn with_cache_bytes(mut self, bytes: usize) -> Self {
         self.cache_bytes = bytes;
+        self
+    }
+
+    /// These options with `observer` told about the writer thread's work.
+    pub fn with_observer(mut self, observer: Arc<dyn WriteObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 

@@ -189,6 +189,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             zero_fill: options.zero_fill_segments,
             preparing: None,
             cancel_preparation: Arc::default(),
+            observer: options.observer.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()

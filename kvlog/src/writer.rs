@@ -28,12 +28,14 @@ use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use openraft::storage::IOFlushed;
 use openraft::RaftTypeConfig;
 use tokio::sync::oneshot;
 
 use crate::format::{encode_record, record_len, to_payload, RecordKind, SEGMENT_HEADER_LEN};
+use crate::observer::{GroupWritten, WriteObserver};
 use crate::segment::{
     create_segment, install_segment, prepare_segment, segment_path, sync_dir, write_meta_file,
 };
@@ -90,6 +92,8 @@ pub(crate) struct Writer<C: RaftTypeConfig> {
     pub(crate) preparing: Option<(u64, Preparation)>,
     /// Tells a running preparation to stop (at shutdown).
     pub(crate) cancel_preparation: Arc<std::sync::atomic::AtomicBool>,
+    /// Told about each durable group and meta file, and about a failure (see `observer`).
+    pub(crate) observer: Option<Arc<dyn WriteObserver>>,
 }
 
 /// Records gathered for one group, with what to do once they are durable.
@@ -243,6 +247,9 @@ impl<C: RaftTypeConfig> Writer<C> {
 
     fn fail(&mut self, why: String) {
         tracing::error!(error = %why, "kvlog: write failed; the log store refuses further writes");
+        if let Some(observer) = &self.observer {
+            observer.failed(&why);
+        }
         self.shared.lock().poisoned = Some(why.clone());
         self.failed = Some(why);
     }
@@ -262,8 +269,19 @@ impl<C: RaftTypeConfig> Writer<C> {
             encode_record(&mut self.buf, *kind, group, start, payload);
         }
         self.shared.hooks.before_write()?;
+        let started = Instant::now();
         self.active.file.write_all_at(&self.buf, start)?;
+        let written = Instant::now();
         self.active.file.sync_data()?;
+        if let Some(observer) = &self.observer {
+            observer.group_written(&GroupWritten {
+                entries: records.iter().filter(|(k, _)| *k == RecordKind::Entry).count(),
+                records: records.len(),
+                bytes: self.buf.len(),
+                write: written - started,
+                sync: written.elapsed(),
+            });
+        }
         self.next_group += 1;
         self.active.offset += self.buf.len() as u64;
         self.prepare_next_segment();
@@ -359,6 +377,7 @@ impl<C: RaftTypeConfig> Writer<C> {
         if let Some(why) = &self.failed {
             return Err(io::Error::other(why.clone()));
         }
+        let started = Instant::now();
         if let Err(e) = self
             .shared
             .hooks
@@ -368,6 +387,9 @@ impl<C: RaftTypeConfig> Writer<C> {
             let why = format!("replacing the meta file in {} failed: {e}", self.dir.display());
             self.fail(why.clone());
             return Err(io::Error::other(why));
+        }
+        if let Some(observer) = &self.observer {
+            observer.meta_written(started.elapsed());
         }
         if let Some(purged) = purged {
             self.delete_purged_segments(purged);

@@ -50,7 +50,8 @@ async fn not_found(uri: Uri) -> ApiError {
     )
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+/// The 405 answer (with the error envelope) of every route on the client port.
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),

@@ -39,6 +39,12 @@
 //! [`cluster`] forms a new cluster and holds the voting rules; [`server`] starts, serves and
 //! stops a node; [`config`] is its validated settings; [`error`] maps failures to HTTP
 //! answers; [`wire`] is everything that crosses the peer port.
+//!
+//! # Operations
+//!
+//! [`ops_api`] serves `/health`, `/ready`, `/metrics` and `/admin/snapshot` and gives every
+//! client request an id and a span; [`metrics`] keeps the Prometheus series; [`restore`]
+//! builds a new cluster's data directories from a snapshot file (`kvnode restore`).
 
 pub mod batcher;
 pub mod client_api;
@@ -46,9 +52,12 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod idem;
+pub mod metrics;
 pub mod node;
+pub mod ops_api;
 pub mod peer_api;
 pub mod peer_client;
+pub mod restore;
 pub mod server;
 pub mod state;
 pub mod store;

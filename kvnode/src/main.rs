@@ -27,8 +27,13 @@ use kvnode::NodeConfig;
 ///   kvnode --cluster cluster.toml --id 0 [--data-dir DIR]
 ///       node 0 of the cluster described by a cluster file
 ///
-/// A new cluster forms by itself once every node is started. Logs go to stderr; RUST_LOG
-/// overrides the default level (info). Exit codes: 0 clean shutdown, 1 failure, 2 bad usage.
+/// And one to make a node of a new cluster from a backup (see kvnode restore --help):
+///
+///   kvnode restore FILE --cluster cluster.toml --id 0 --data-dir DIR
+///
+/// A new cluster forms by itself once every node is started. Logs go to stderr, as text or
+/// JSON lines (--log-format); RUST_LOG overrides the default level (info). Exit codes: 0 clean
+/// shutdown, 1 failure, 2 bad usage.
 #[derive(Parser, Debug)]
 #[command(name = "kvnode", version, verbatim_doc_comment)]
 struct Cli {
@@ -96,6 +101,46 @@ struct Cli {
     /// write is what limits throughput there.
     #[arg(long, value_name = "N", default_value_t = 1)]
     batch_in_flight: usize,
+
+    /// Log lines as text for people, or as JSON objects (one per line) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the span fields (node, request id) inside.
+    Json,
+}
+
+/// Build the data directory of one node of a NEW cluster that starts with the keys and values
+/// of a backup (a file written by `kvctl snapshot save`), as `etcdctl snapshot restore` does.
+///
+/// Run it once per node of the new cluster, each with the same backup and cluster file, then
+/// start every node as usual (kvnode --cluster FILE --id N --data-dir DIR). The new cluster
+/// holds the backup's data at the backup's log index, and its members are those of the cluster
+/// file. The data directory must not exist or be empty.
+#[derive(Parser, Debug)]
+#[command(name = "kvnode restore", version, verbatim_doc_comment)]
+struct RestoreCli {
+    /// The backup: a snapshot file from `kvctl snapshot save`.
+    #[arg(value_name = "FILE")]
+    backup: PathBuf,
+
+    /// The NEW cluster's file (TOML, one [[node]] table per node with id, http, raft).
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+
+    /// The id of the node whose data directory to build.
+    #[arg(long, value_name = "N")]
+    id: u64,
+
+    /// Where to build it (new or empty).
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
 }
 
 impl Cli {
@@ -157,7 +202,12 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "restore") {
+        return restore_main(&args[1..]);
+    }
+    let cli = Cli::parse_from(&args);
+    let log_format = cli.log_format;
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -165,13 +215,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(log_format, "info,openraft=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -185,6 +229,75 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvnode: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs on stderr, in the chosen format, of `default` levels. `RUST_LOG`, when set, chooses
+/// what is logged instead.
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+    }
+}
+
+/// `kvnode restore`: exit 0 with the directory built, 1 when it could not be, 2 for a bad
+/// command line.
+fn restore_main(args: &[std::ffi::OsString]) -> ExitCode {
+    let cli = RestoreCli::parse_from(args);
+    let file = match ClusterFile::load(&cli.cluster) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kvnode restore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = match NodeConfig::from_cluster_file(&file, cli.id) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvnode restore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.data_dir = cli.data_dir.clone();
+    init_logging(LogFormat::Text, "warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvnode restore: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(kvnode::restore::restore(&cli.backup, &file, &config)) {
+        Ok(r) => {
+            let members: Vec<String> = r.members.iter().map(u64::to_string).collect();
+            println!(
+                "restored {} keys at index {} into {} as node {} of a new cluster of nodes {}",
+                r.keys,
+                r.index,
+                cli.data_dir.display(),
+                cli.id,
+                members.join(", ")
+            );
+            println!(
+                "start it with: kvnode --cluster {} --id {} --data-dir {}",
+                cli.cluster.display(),
+                cli.id,
+                cli.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kvnode restore: {e}");
             ExitCode::from(1)
         }
     }

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::config::NodeConfig;
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::peer_client::{PeerClient, PeerNetwork};
 use crate::store::{DataDir, Identity, OpenError};
@@ -119,10 +120,16 @@ pub async fn run(
         cluster: config.cluster.clone(),
     };
     let dir = config.data_dir.clone();
-    let data = tokio::task::spawn_blocking(move || DataDir::open(&dir, &identity))
-        .await
-        .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
+    let metrics = Metrics::new(config.id);
+    let log_observer: Arc<dyn kvlog::WriteObserver> = metrics.log_observer();
+    let data =
+        tokio::task::spawn_blocking(move || DataDir::open_observed(&dir, &identity, Some(log_observer)))
+            .await
+            .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
     log_what_was_found(&data);
+    let snapshot_metrics = metrics.clone();
+    data.sm
+        .observe_snapshots(Arc::new(move |event| snapshot_metrics.snapshot(event)));
     let started_pristine = data.log.is_pristine();
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
@@ -134,6 +141,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| RunError::Raft(e.to_string()))?;
+    metrics.attach(&raft).await;
     let node = Arc::new(Node::new(
         config.clone(),
         raft.clone(),
@@ -171,7 +179,11 @@ pub async fn run(
     };
     let client_result = axum::serve(
         http_listener.tap_io(no_delay),
-        crate::client_api::router(node.clone()),
+        crate::ops_api::wrap(
+            crate::client_api::router(node.clone()),
+            node.clone(),
+            metrics.clone(),
+        ),
     )
     .with_graceful_shutdown(stop_serving)
     .await;

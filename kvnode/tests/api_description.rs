@@ -75,7 +75,29 @@ fn the_description_and_the_server_agree() {
                 r.status
             );
             assert_eq!(r.status, 200, "{method} {path}: {:?}", r.json);
+            assert!(
+                r.headers.contains_key("x-request-id"),
+                "{method} {path}: every answer carries X-Request-Id"
+            );
             let ok = resolve(&spec, &responses[&Yaml::String("200".into())]);
+            let content = ok["content"].as_hash().expect("content");
+            let media = content
+                .keys()
+                .next()
+                .and_then(Yaml::as_str)
+                .expect("a media type");
+            let served = r
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(
+                served.starts_with(media),
+                "{method} {path}: documented {media}, served {served}"
+            );
+            if media != "application/json" {
+                continue;
+            }
             let schema = resolve(&spec, &ok["content"]["application/json"]["schema"]);
             for field in schema["required"].as_vec().expect("required fields") {
                 let field = field.as_str().expect("field name");

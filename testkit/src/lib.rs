@@ -153,10 +153,29 @@ impl Cluster {
         Self::spawn_with_layout(&layout, args)
     }
 
+    /// Lay out `n` nodes on free loopback ports (cluster file, data directory and log paths)
+    /// without starting any, for tests that prepare the data directories first (e.g. with
+    /// `kvnode restore`); start each with [`Cluster::restart`].
+    pub fn prepare(n: usize, args: &[&str]) -> Cluster {
+        let ports = free_ports(2 * n);
+        let layout: Vec<NodeLayout> = (0..n)
+            .map(|i| NodeLayout {
+                http: format!("127.0.0.1:{}", ports[2 * i]),
+                raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                launch_prefix: Vec::new(),
+            })
+            .collect();
+        Self::lay_out(&layout, args, false)
+    }
+
     /// Start one node per entry of `layout` (node `i` gets id `i`) without waiting for
     /// anything: the addresses and launch prefixes are the caller's, everything else (data
     /// directories, logs, kill-on-drop) is as with [`Cluster::spawn`].
     pub fn spawn_with_layout(layout: &[NodeLayout], args: &[&str]) -> Cluster {
+        Self::lay_out(layout, args, true)
+    }
+
+    fn lay_out(layout: &[NodeLayout], args: &[&str], launch: bool) -> Cluster {
         let n = layout.len();
         let dir = tempfile::tempdir().expect("temp dir");
         let nodes: Vec<NodeAddr> = layout
@@ -194,7 +213,9 @@ impl Cluster {
                 paused: false,
             };
             c.nodes.push(node);
-            c.launch(i as NodeId);
+            if launch {
+                c.launch(i as NodeId);
+            }
         }
         c
     }

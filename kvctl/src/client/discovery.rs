@@ -21,8 +21,9 @@ use super::{lock, Client, Target};
 use crate::survey::NodeReport;
 
 impl Client {
-    /// [`Client::node_statuses`] bounded by `deadline`.
-    pub(super) async fn statuses_by(&self, deadline: Instant) -> Vec<NodeReport> {
+    /// [`Client::node_statuses`] bounded by `deadline`; with `readiness`, each node's
+    /// `/ready` is asked too, at the same time as its status.
+    pub(super) async fn statuses_by(&self, deadline: Instant, readiness: bool) -> Vec<NodeReport> {
         let first: Vec<Target> = self
             .config
             .endpoints
@@ -32,7 +33,7 @@ impl Client {
                 address: e.address.clone(),
             })
             .collect();
-        let mut reports = self.ask_statuses(first, deadline).await;
+        let mut reports = self.ask_statuses(first, deadline, readiness).await;
 
         let asked: Vec<String> = reports.iter().map(|r| r.address.clone()).collect();
         let mut extra: Vec<Target> = Vec::new();
@@ -49,25 +50,42 @@ impl Client {
             }
         }
         if !extra.is_empty() {
-            reports.extend(self.ask_statuses(extra, deadline).await);
+            reports.extend(self.ask_statuses(extra, deadline, readiness).await);
         }
         reports.sort_by(|a, b| (a.id.is_none(), a.id, &a.address).cmp(&(b.id.is_none(), b.id, &b.address)));
         reports
     }
 
-    async fn ask_statuses(&self, targets: Vec<Target>, deadline: Instant) -> Vec<NodeReport> {
+    async fn ask_statuses(
+        &self,
+        targets: Vec<Target>,
+        deadline: Instant,
+        readiness: bool,
+    ) -> Vec<NodeReport> {
         let limit = self.probe_limit(deadline);
         let mut set = JoinSet::new();
         for (i, target) in targets.into_iter().enumerate() {
             let transport = self.transport.clone();
             set.spawn(async move {
-                let started = Instant::now();
-                let result = transport.status(&target.address, limit).await;
+                let status = async {
+                    let started = Instant::now();
+                    let result = transport.status(&target.address, limit).await;
+                    (result, started.elapsed())
+                };
+                let ready = async {
+                    if readiness {
+                        Some(transport.readiness(&target.address, limit).await)
+                    } else {
+                        None
+                    }
+                };
+                let ((result, elapsed), ready) = tokio::join!(status, ready);
                 let report = NodeReport {
                     id: target.id.or_else(|| result.as_ref().ok().map(|s: &Status| s.id)),
                     address: target.address,
                     result: result.map_err(|f| f.describe()),
-                    elapsed: started.elapsed(),
+                    elapsed,
+                    ready: ready.map(|r| r.map_err(|f| f.describe())),
                 };
                 (i, report)
             });

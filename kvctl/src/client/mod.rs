@@ -327,12 +327,12 @@ impl Client {
         attempts::decode(&self.execute(&call, prefix, deadline).await?.body)
     }
 
-    /// Ask every node for its status, concurrently. Never fails: a node that does not answer is
-    /// a report with its error. Members that a node reports but that are not among the
+    /// Ask every node for its status and readiness, concurrently. Never fails: a node that does
+    /// not answer is a report with its error. Members that a node reports but that are not among the
     /// endpoints are asked too, so `--endpoints` with one address still shows the whole
     /// cluster. Reports are sorted by id, nodes of unknown id last.
     pub async fn node_statuses(&self) -> Vec<NodeReport> {
-        self.statuses_by(Instant::now() + self.config.timeout).await
+        self.statuses_by(Instant::now() + self.config.timeout, true).await
     }
 
     /// The leader that a majority of the voters follow, asked of every member and retried
@@ -344,7 +344,7 @@ impl Client {
         let deadline = started + self.config.timeout;
         let mut failures = 0;
         loop {
-            let survey = Survey::from_reports(&self.statuses_by(deadline).await);
+            let survey = Survey::from_reports(&self.statuses_by(deadline, false).await);
             let reason = match (survey.unavailable_reason(), survey.leader, &survey.leader_address) {
                 (None, Some(id), Some(address)) => {
                     *lock(&self.leader) = Some(Target {

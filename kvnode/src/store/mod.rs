@@ -100,6 +100,15 @@ pub struct DataDir {
 impl DataDir {
     /// Open (creating when absent) the data directory for `identity`.
     pub fn open(dir: &Path, identity: &Identity) -> Result<DataDir, OpenError> {
+        Self::open_observed(dir, identity, None)
+    }
+
+    /// [`DataDir::open`], with `observer` told about the log's writes (for metrics).
+    pub fn open_observed(
+        dir: &Path,
+        identity: &Identity,
+        observer: Option<std::sync::Arc<dyn kvlog::WriteObserver>>,
+    ) -> Result<DataDir, OpenError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| OpenError::Io { path, source }
@@ -165,9 +174,12 @@ impl DataDir {
                 })
             }
         }
-        let options = kvlog::LogStoreOptions::default()
+        let mut options = kvlog::LogStoreOptions::default()
             .with_cache_bytes(LOG_CACHE_BYTES)
             .with_segment_size(LOG_SEGMENT_BYTES);
+        if let Some(observer) = observer {
+            options = options.with_observer(observer);
+        }
         let log = LogStore::open(&log_dir, options).map_err(|e| match e {
             kvlog::OpenError::Io { path, source, .. } => OpenError::Io { path, source },
             kvlog::OpenError::Locked { dir, .. } => OpenError::Io {

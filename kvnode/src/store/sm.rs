@@ -18,7 +18,7 @@
 //! the duration of one lookup.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -45,7 +45,35 @@ pub struct Applied {
 struct Shared {
     applied: RwLock<Applied>,
     snapshots: SnapshotDir,
+    /// Told about every snapshot built or installed (metrics); set once at startup.
+    observer: OnceLock<SnapshotObserver>,
 }
+
+/// Whether a snapshot was made here or received from the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// Built from this node's state (log compaction).
+    Built,
+    /// Received from the leader and installed.
+    Installed,
+}
+
+/// One snapshot built or installed, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotEvent {
+    /// Built or installed.
+    pub kind: SnapshotKind,
+    /// Keys in it.
+    pub keys: usize,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// How long building (writing and publishing) or installing (checking and loading) took.
+    pub took: std::time::Duration,
+}
+
+/// A callback told about snapshots; it runs on the task that made the snapshot, so it must be
+/// quick.
+pub type SnapshotObserver = Arc<dyn Fn(&SnapshotEvent) + Send + Sync>;
 
 /// The state machine store; clones share state.
 #[derive(Clone)]
@@ -82,6 +110,7 @@ impl StateMachineStore {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 snapshots,
+                observer: OnceLock::new(),
             }),
         })
     }
@@ -93,6 +122,18 @@ impl StateMachineStore {
 
     fn write(&self) -> RwLockWriteGuard<'_, Applied> {
         self.shared.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Have `observer` told about every snapshot built or installed from now on. Only the first
+    /// call takes effect.
+    pub fn observe_snapshots(&self, observer: SnapshotObserver) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    fn notify(&self, event: SnapshotEvent) {
+        if let Some(observer) = self.shared.observer.get() {
+            observer(&event);
+        }
     }
 
     /// True when a snapshot has been published in this data directory. Doubt (an unreadable
@@ -164,6 +205,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             ms = started.elapsed().as_millis() as u64,
             "snapshot written"
         );
+        self.notify(SnapshotEvent {
+            kind: SnapshotKind::Built,
+            keys: stats.keys,
+            bytes: stats.bytes,
+            took: started.elapsed(),
+        });
         Ok(snapshot)
     }
 }
@@ -215,6 +262,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let started = std::time::Instant::now();
         let this = self.clone();
         let meta = meta.clone();
+        let bytes = snapshot.len;
         let (kv, published) = tokio::task::spawn_blocking(move || {
             let SnapshotFile { path, file, .. } = snapshot;
             let (found, kv) = snapshot::read_from(file, &path)?;
@@ -244,6 +292,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ms = started.elapsed().as_millis() as u64,
             "snapshot installed"
         );
+        self.notify(SnapshotEvent {
+            kind: SnapshotKind::Installed,
+            keys,
+            bytes,
+            took: started.elapsed(),
+        });
         Ok(())
     }
 

@@ -228,18 +228,26 @@ pub fn write(path: &Path, meta: &SnapshotMeta, state: &KvState) -> Result<u64, S
         source,
     };
     let file = File::create_new(path).map_err(io)?;
+    let (buffered, len) = write_to(BufWriter::with_capacity(1 << 20, file), meta, state).map_err(io)?;
+    let file = buffered.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok(len)
+}
+
+/// Stream `state` (frozen at `meta`) in the snapshot format into `w`, checksum last, and
+/// flush it; returns `w` and the number of bytes written. Blocking. This is what a file holds
+/// and what `GET /admin/snapshot` sends.
+pub fn write_to<W: Write>(w: W, meta: &SnapshotMeta, state: &KvState) -> std::io::Result<(W, u64)> {
     let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
+        inner: w,
         crc: crc32fast::Hasher::new(),
         len: 0,
     };
-    write_body(&mut w, meta, state).map_err(io)?;
+    write_body(&mut w, meta, state)?;
     let crc = w.crc.clone().finalize();
-    w.write_all(&crc.to_le_bytes()).map_err(io)?;
-    let len = w.len;
-    let file = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    Ok(len)
+    w.write_all(&crc.to_le_bytes())?;
+    w.flush()?;
+    Ok((w.inner, w.len))
 }
 
 fn write_body(w: &mut impl Write, meta: &SnapshotMeta, state: &KvState) -> std::io::Result<()> {
@@ -566,6 +574,32 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 9]).expect("write");
         let err = read(&path).expect_err("truncated");
         assert!(err.to_string().contains("ends"), "{err}");
+    }
+
+    #[test]
+    fn the_client_side_inspector_reads_what_the_writer_writes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("s.snap");
+        let state = sample();
+        let len = write(&path, &meta(), &state).expect("write");
+        let summary = kvapi::snapshot::inspect(File::open(&path).expect("open")).expect("inspect");
+        assert_eq!(summary.index, Some(3));
+        assert_eq!(summary.term, Some(2));
+        assert_eq!(summary.keys, state.len() as u64);
+        assert_eq!(summary.idempotency_records, state.records() as u64);
+        assert_eq!(summary.size, len);
+        let bytes = std::fs::read(&path).expect("bytes");
+        let stored = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+        assert_eq!(summary.checksum, format!("{stored:08x}"));
+
+        // The last byte before the checksum: the frames still parse, only the sum tells.
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 5;
+        flipped[last] ^= 0x01;
+        let err = kvapi::snapshot::inspect(&flipped[..]).expect_err("damaged");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let err = kvapi::snapshot::inspect(&bytes[..bytes.len() - 2]).expect_err("truncated");
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
