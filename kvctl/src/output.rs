@@ -266,6 +266,9 @@ mod tests {
             consistency: Consistency::Linearizable,
             served_by: 1,
             applied_index: Some(7),
+            create_index: 3,
+            mod_index: 6,
+            version: 2,
         }
     }
 
@@ -284,7 +287,7 @@ mod tests {
         assert_eq!(
             parsed,
             json!({"key":"pets","value":["cat","dog"],"consistency":"linearizable",
-                   "served_by":1,"applied_index":7})
+                   "served_by":1,"applied_index":7,"create_index":3,"mod_index":6,"version":2})
         );
         assert_eq!(full.lines().count(), 1, "compact json is one line");
         assert!(render(|w| value(w, PRETTY, &r)).lines().count() > 1);

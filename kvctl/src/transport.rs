@@ -95,7 +95,8 @@ pub enum Fate {
 ///
 /// Not applied: a request never sent; kvnode's `503 unavailable` and `503 shutting_down` (it
 /// never proposed the write); and its refusals on the merits, `4xx` with a kvnode code (bad
-/// input, type conflict, a key reused for another write: nothing changed). Maybe applied:
+/// input, type conflict, a failed condition (`412`), a key reused for another write: nothing
+/// changed). Maybe applied:
 /// everything else, namely a lost or late answer, `504 outcome_unknown`, `422
 /// idempotency_key_expired` (the server cannot tell whether an earlier copy was applied), a
 /// `500`, and any answer without kvnode's error envelope, which something between the client
@@ -115,6 +116,8 @@ pub fn fate(failure: &Failure, is_write: bool) -> Fate {
             | ErrorCode::NotFound
             | ErrorCode::MethodNotAllowed
             | ErrorCode::TypeConflict
+            | ErrorCode::PreconditionFailed
+            | ErrorCode::Compacted
             | ErrorCode::IdempotencyKeyReused
             | ErrorCode::ValueTooLarge
             | ErrorCode::Unavailable
