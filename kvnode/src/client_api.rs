@@ -4,6 +4,11 @@
 //! [`Node`], and turn the outcome into a response. Bodies are read with our own size limit and
 //! parsed as JSON whatever the Content-Type says (curl's `-d` sends a form type), so that every
 //! bad input gets a JSON error with the right status rather than a framework's plain-text one.
+//!
+//! A GET answers the key's versions too, and its `mod_index` as the `ETag`; a write may carry
+//! `If-Match: "<mod_index>"` or `If-None-Match: *`, which becomes the condition inside the
+//! [`Op`] (checked by the state machine, not here) and may come back as `412`. `GET /watch` is
+//! served by [`crate::watch`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/keys", get(list_keys))
         .route("/keys/", get(empty_key).post(empty_key).delete(empty_key))
         .route("/keys/{*key}", get(get_key).post(write_key).delete(delete_key))
+        .route("/watch", get(crate::watch::watch))
         .route("/admin/status", get(status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -123,6 +123,7 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
     log_what_was_found(&data);
+    data.sm.history().set_limits(config.watch_history);
     let started_pristine = data.log.is_pristine();
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
@@ -163,11 +164,14 @@ pub async fn run(
             })
             .await
     });
+    let history = node.sm.history();
     let stop_serving = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = fatal_rx.wait_for(|f| f.is_some()) => {}
         }
+        // Watch streams never end by themselves; a graceful shutdown waits for open responses.
+        history.close();
     };
     let client_result = axum::serve(
         http_listener.tap_io(no_delay),
