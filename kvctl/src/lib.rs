@@ -18,6 +18,8 @@
 //! - [`survey`]: the cluster-wide picture assembled from every node's status: who leads, how far
 //!   each follower trails, whether there is a quorum.
 //! - [`bench`]: the load generator behind `kvctl bench`.
+//! - [`watch`]: the [`Watcher`](watch::Watcher), which follows `GET /watch` across nodes and
+//!   resumes after a failover with no gap and no duplicate.
 //! - [`output`]: rendering of results as tables, JSON or plain lines into any `io::Write`.
 //!
 //! Nothing here prints on its own: diagnostics go through `tracing`, results through [`output`].
@@ -33,6 +35,7 @@ pub mod retry;
 pub mod survey;
 pub mod transport;
 pub mod value;
+pub mod watch;
 
 #[cfg(test)]
 mod mock_server;
