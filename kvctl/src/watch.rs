@@ -84,7 +84,8 @@ impl WatchConfig {
 pub enum Notice {
     /// A change to a watched key.
     Event(WatchEvent),
-    /// Everything up to this index has been delivered (from a heartbeat or a completed index).
+    /// Everything up to this index has been delivered: when an index completes, and on every
+    /// heartbeat (then possibly the same index again), so an idle stream is heard from too.
     Progress(LogIndex),
     /// A stream to this node started, resuming after this index.
     Connected {
@@ -386,8 +387,11 @@ impl Watcher {
                 Some(HEARTBEAT_EVENT) => {
                     let progress: WatchProgress = serde_json::from_str(&event.data)
                         .map_err(|e| format!("the node sent a heartbeat that is not one ({e})"))?;
-                    if let Some(index) = self.resume.heartbeat(progress.index) {
-                        self.queue.push_back(Notice::Progress(index));
+                    // Reported even when it moves nothing: a caller waiting for an index, or
+                    // for a sign of life, hears from an idle stream too.
+                    self.resume.heartbeat(progress.index);
+                    if let Some(done) = self.resume.after() {
+                        self.queue.push_back(Notice::Progress(done));
                     }
                     self.compacted.clear();
                     self.failures = 0;
@@ -593,6 +597,29 @@ mod tests {
         assert!(r.event(21, None));
         assert!(r.event(22, Some(22)));
         assert_eq!(r.after(), Some(22));
+    }
+
+    #[test]
+    fn every_heartbeat_is_reported_so_an_idle_watch_is_heard_from() {
+        let endpoint = Endpoint {
+            id: None,
+            address: "127.0.0.1:1".into(),
+        };
+        let config = WatchConfig::new(vec![endpoint], WatchTarget::Key("k".into()));
+        let mut w = Watcher::new(config).expect("a watcher");
+        let beat = |index: u64| SseEvent {
+            event: Some(HEARTBEAT_EVENT.into()),
+            id: Some(index.to_string()),
+            data: format!("{{\"index\":{index}}}"),
+        };
+        w.take(vec![beat(7), beat(7), beat(9)]).expect("heartbeats");
+        let notices: Vec<Notice> = w.queue.drain(..).collect();
+        assert_eq!(
+            notices,
+            [Notice::Progress(7), Notice::Progress(7), Notice::Progress(9)],
+            "a caller waiting for an index must not wait for a change to hear it"
+        );
+        assert_eq!(w.resume_point(), Some(9));
     }
 
     #[test]
