@@ -24,6 +24,22 @@
 //! 10. **Malformed** and **NoFinalRead**: a read that is not a list of strings, or a key whose
 //!     final state could not be read, make the history uncheckable and so fail it too.
 //!
+//! The watchers (see `watchers`) are held to the committed history, which for these
+//! append-only keys is each key's final list: a watcher that started after index 0 must have
+//! delivered, for each key it watches, one change per element of the final list, in order,
+//! each showing exactly the list up to that element, at the index its append was acknowledged
+//! at, and no other change:
+//!
+//! 11. **WatchPhantom**: a change that is not in the committed history (a list that is not a
+//!     prefix of the key's final list, a kind other than append, a key it does not watch).
+//! 12. **WatchGap**: a change skipped (a list longer than the previous change's by more than
+//!     one element, or a watcher that caught up without delivering the end of a list).
+//! 13. **WatchDuplicate**: a change delivered twice (a list not longer than the previous one).
+//! 14. **WatchOutOfOrder**: indexes going backwards on a stream, or a change delivered at
+//!     another index than its append was acknowledged at.
+//! 15. **WatchIncomplete**: a watcher that stopped (no node could serve it) or never caught up
+//!     with the index the healed cluster applied.
+//!
 //! Appends of unknown outcome may or may not appear; the checker holds them to rules 1, 2, 4
 //! and 8 only. Reads that did not succeed say nothing and are ignored.
 //!
@@ -40,7 +56,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::history::{History, Micros, Op, OpKind, Outcome};
+use crate::history::{digest_step, History, Micros, Op, OpKind, Outcome, Seen, WatchRecord, DIGEST_START};
 
 /// The classes of anomaly, in the order they are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,11 +83,21 @@ pub enum AnomalyKind {
     Malformed,
     /// A key's final state could not be read.
     NoFinalRead,
+    /// A watcher delivered a change that is not in the committed history of its keys.
+    WatchPhantom,
+    /// A watcher skipped a change.
+    WatchGap,
+    /// A watcher delivered a change twice.
+    WatchDuplicate,
+    /// A watcher delivered changes out of log order or at the wrong index.
+    WatchOutOfOrder,
+    /// A watcher stopped or never caught up with the healed cluster.
+    WatchIncomplete,
 }
 
 impl AnomalyKind {
     /// Every class, in report order.
-    pub const ALL: [AnomalyKind; 11] = [
+    pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::Duplicate,
         AnomalyKind::NotPrefixOrdered,
         AnomalyKind::MissedAcknowledged,
@@ -83,6 +109,11 @@ impl AnomalyKind {
         AnomalyKind::Divergent,
         AnomalyKind::Malformed,
         AnomalyKind::NoFinalRead,
+        AnomalyKind::WatchPhantom,
+        AnomalyKind::WatchGap,
+        AnomalyKind::WatchDuplicate,
+        AnomalyKind::WatchOutOfOrder,
+        AnomalyKind::WatchIncomplete,
     ];
 
     /// Short name used in summaries.
@@ -99,6 +130,11 @@ impl AnomalyKind {
             AnomalyKind::Divergent => "divergent-replica",
             AnomalyKind::Malformed => "malformed-read",
             AnomalyKind::NoFinalRead => "no-final-read",
+            AnomalyKind::WatchPhantom => "watch-phantom-change",
+            AnomalyKind::WatchGap => "watch-missed-change",
+            AnomalyKind::WatchDuplicate => "watch-duplicate-change",
+            AnomalyKind::WatchOutOfOrder => "watch-out-of-order",
+            AnomalyKind::WatchIncomplete => "watch-incomplete",
         }
     }
 }
@@ -161,6 +197,12 @@ pub struct Report {
     pub unknown_applied: usize,
     /// Nemesis actions by name.
     pub faults: BTreeMap<String, usize>,
+    /// Watchers in the history.
+    pub watchers: usize,
+    /// Changes the watchers delivered, all together.
+    pub watch_changes: usize,
+    /// Times a watcher moved to another node.
+    pub watch_reconnects: usize,
     /// Number of anomalies of each class (all of them, not only the kept examples).
     pub anomaly_counts: BTreeMap<AnomalyKind, usize>,
     /// The first few anomalies of each class.
@@ -237,6 +279,13 @@ impl Report {
             list(&injected),
             list(&undone)
         )?;
+        if self.watchers > 0 {
+            writeln!(
+                out,
+                "watchers: {} delivered {} changes, moving to another node {} times",
+                self.watchers, self.watch_changes, self.watch_reconnects
+            )?;
+        }
         if self.is_valid() {
             writeln!(out, "anomalies: none")?;
             return Ok(());
@@ -334,7 +383,220 @@ pub fn check(history: &History) -> Report {
         let ops: Vec<&Op> = history.ops.iter().filter(|op| op.key == key).collect();
         check_key(key, &ops, &mut report);
     }
+    check_watches(history, &mut report);
     report
+}
+
+/// Rules 11 to 15: what every watcher delivered against each key's final list.
+fn check_watches(history: &History, report: &mut Report) {
+    if history.watches.is_empty() {
+        return;
+    }
+    // The committed history of each key: its last successful final read.
+    let mut finals: HashMap<&str, (Vec<String>, Micros)> = HashMap::new();
+    for op in history
+        .ops
+        .iter()
+        .filter(|op| op.kind == OpKind::FinalRead && op.outcome == Outcome::Ok)
+    {
+        if let Some(values) = parse_list(op.read.as_ref()) {
+            let newer = finals.get(op.key.as_str()).is_none_or(|(_, t)| op.complete > *t);
+            if newer {
+                finals.insert(op.key.as_str(), (values, op.complete));
+            }
+        }
+    }
+    // Digests of every prefix of every final list: prefixes[key][n] is that of the first n.
+    let prefixes: HashMap<&str, Vec<u64>> = finals
+        .iter()
+        .map(|(k, (values, _))| {
+            let digests = std::iter::once(DIGEST_START)
+                .chain(values.iter().scan(DIGEST_START, |h, v| {
+                    *h = digest_step(*h, v);
+                    Some(*h)
+                }))
+                .collect();
+            (*k, digests)
+        })
+        .collect();
+    let mut appends: HashMap<&str, &Op> = HashMap::new();
+    for op in history.ops.iter().filter(|op| op.kind == OpKind::Append) {
+        if let Some(v) = &op.value {
+            appends.entry(v.as_str()).or_insert(op);
+        }
+    }
+    let mut by_watcher: BTreeMap<u32, Vec<&WatchRecord>> = BTreeMap::new();
+    for record in &history.watches {
+        by_watcher.entry(record.watcher).or_default().push(record);
+    }
+    for (watcher, records) in by_watcher {
+        report.watchers += 1;
+        let anomaly = |kind, key: &str, ops: Vec<u64>, explanation: String| Anomaly {
+            kind,
+            key: key.to_string(),
+            ops,
+            explanation: format!("watcher {watcher}: {explanation}"),
+        };
+        let start = records.iter().find_map(|r| match &r.seen {
+            Seen::Start { key, prefix, after } => Some((key.clone(), prefix.clone(), *after)),
+            _ => None,
+        });
+        let Some((watched_key, watched_prefix, after)) = start else {
+            report.push(anomaly(
+                AnomalyKind::WatchIncomplete,
+                "",
+                vec![],
+                "no record of what it watched".into(),
+            ));
+            continue;
+        };
+        let watches = |key: &str| match (&watched_key, &watched_prefix) {
+            (Some(k), _) => k == key,
+            (None, Some(p)) => key.starts_with(p.as_str()),
+            (None, None) => false,
+        };
+        // Per key, the length of the list the last change showed; known to be 0 at the start
+        // only for a watch from the beginning.
+        let mut shown: HashMap<&str, Option<usize>> = HashMap::new();
+        let initial = (after == 0).then_some(0);
+        let mut last_index: Option<u64> = None;
+        let mut end = None;
+        for record in &records {
+            match &record.seen {
+                Seen::Start { .. } => {}
+                Seen::Reconnect { .. } => report.watch_reconnects += 1,
+                Seen::End {
+                    covered,
+                    target,
+                    error,
+                } => end = Some((*covered, *target, error.clone())),
+                Seen::Change {
+                    index,
+                    kind,
+                    key,
+                    len,
+                    last,
+                    digest,
+                } => {
+                    report.watch_changes += 1;
+                    if let Some(previous) = last_index.filter(|l| index < l) {
+                        report.push(anomaly(
+                            AnomalyKind::WatchOutOfOrder,
+                            key,
+                            vec![],
+                            format!("a change at index {index} came after one at index {previous}"),
+                        ));
+                    }
+                    last_index = last_index.max(Some(*index));
+                    let phantom = |why: String| anomaly(AnomalyKind::WatchPhantom, key, vec![], why);
+                    if !watches(key) {
+                        report.push(phantom(format!("a change to {key:?}, which it does not watch")));
+                        continue;
+                    }
+                    if kind != "append" {
+                        report.push(phantom(format!(
+                            "a {kind} at index {index}, but only appends were ever sent"
+                        )));
+                        continue;
+                    }
+                    let (Some((list, _)), Some(digests)) =
+                        (finals.get(key.as_str()), prefixes.get(key.as_str()))
+                    else {
+                        // No final state to compare with: NoFinalRead says so for the key.
+                        continue;
+                    };
+                    let previous = *shown.entry(key.as_str()).or_insert(initial);
+                    let Some(n) = len.filter(|&n| n > 0 && n <= list.len() && digests[n] == *digest) else {
+                        report.push(phantom(format!(
+                            "the change at index {index} shows a list ({} values, ending {:?}) that is not a prefix of the key's final list of {} values",
+                            len.map_or("not a list of strings".to_string(), |n| n.to_string()),
+                            last.as_deref().unwrap_or("-"),
+                            list.len()
+                        )));
+                        continue;
+                    };
+                    let value = list[n - 1].as_str();
+                    let append = appends.get(value);
+                    let ids: Vec<u64> = append.map(|a| a.id).into_iter().collect();
+                    match previous {
+                        Some(p) if n <= p => report.push(anomaly(
+                            AnomalyKind::WatchDuplicate,
+                            key,
+                            ids.clone(),
+                            format!(
+                                "the change at index {index} shows {n} values, after a change that showed {p}: {value:?} was delivered again"
+                            ),
+                        )),
+                        Some(p) if n > p + 1 => report.push(anomaly(
+                            AnomalyKind::WatchGap,
+                            key,
+                            ids.clone(),
+                            format!(
+                                "the change at index {index} shows {n} values, after a change that showed {p}: {} change(s) were skipped, starting with {:?}",
+                                n - p - 1,
+                                list[p]
+                            ),
+                        )),
+                        _ => {}
+                    }
+                    if let Some(acked) = append.filter(|a| a.outcome == Outcome::Ok).and_then(|a| a.index) {
+                        if acked != *index {
+                            report.push(anomaly(
+                                AnomalyKind::WatchOutOfOrder,
+                                key,
+                                ids,
+                                format!(
+                                    "{value:?} was delivered at index {index}, but its append was acknowledged at index {acked}"
+                                ),
+                            ));
+                        }
+                    }
+                    shown.insert(key.as_str(), Some(n));
+                }
+            }
+        }
+        match end {
+            None => report.push(anomaly(
+                AnomalyKind::WatchIncomplete,
+                "",
+                vec![],
+                "it never finished".into(),
+            )),
+            Some((_, _, Some(error))) => report.push(anomaly(
+                AnomalyKind::WatchIncomplete,
+                "",
+                vec![],
+                format!("it stopped: {error}"),
+            )),
+            Some((covered, target, None)) if covered.is_none_or(|c| c < target) => report.push(anomaly(
+                AnomalyKind::WatchIncomplete,
+                "",
+                vec![],
+                format!("it reached index {covered:?}, not the {target} the cluster applied"),
+            )),
+            Some(_) if after == 0 => {
+                let mut keys: Vec<&&str> = finals.keys().filter(|k| watches(k)).collect();
+                keys.sort();
+                for key in keys {
+                    let list = &finals[*key].0;
+                    let got = shown.get(*key).copied().flatten().unwrap_or(0);
+                    if got < list.len() {
+                        report.push(anomaly(
+                            AnomalyKind::WatchGap,
+                            key,
+                            appends.get(list[got].as_str()).map(|a| a.id).into_iter().collect(),
+                            format!(
+                                "it caught up with the cluster but delivered {got} of the {} changes, missing {:?} onwards",
+                                list.len(),
+                                list[got]
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 fn check_key(key: &str, ops: &[&Op], report: &mut Report) {
@@ -640,6 +902,7 @@ mod tests {
                 complete: t.1 * 1000,
                 outcome,
                 error: None,
+                index: None,
             });
             id
         }
@@ -889,6 +1152,172 @@ mod tests {
         // A failed read's (absent) value says nothing.
         h.push(OpKind::Read, "k", None, None, (90, 95), Outcome::Failed);
         assert!(h.check().is_valid());
+    }
+
+    /// A watcher's records, tersely: `change(index, key, list)` for an append.
+    struct W {
+        id: u32,
+        records: Vec<WatchRecord>,
+    }
+
+    impl W {
+        fn new(id: u32, key: Option<&str>) -> W {
+            let mut w = W { id, records: vec![] };
+            w.push(Seen::Start {
+                key: key.map(str::to_owned),
+                prefix: key.is_none().then(String::new),
+                after: 0,
+            });
+            w
+        }
+        fn push(&mut self, seen: Seen) {
+            let at = self.records.len() as u64;
+            self.records.push(WatchRecord {
+                watcher: self.id,
+                at,
+                seen,
+            });
+        }
+        fn change(mut self, index: u64, key: &str, list: &[&str]) -> W {
+            self.push(Seen::Change {
+                index,
+                kind: "append".into(),
+                key: key.into(),
+                len: Some(list.len()),
+                last: list.last().map(|s| s.to_string()),
+                digest: crate::history::list_digest(list.iter().copied()),
+            });
+            self
+        }
+        fn end(mut self, covered: u64, target: u64) -> Vec<WatchRecord> {
+            self.push(Seen::End {
+                covered: Some(covered),
+                target,
+                error: None,
+            });
+            self.records
+        }
+    }
+
+    /// Appends a (index 2), b (3) and c (4) to k, acknowledged with their indexes, and the final
+    /// read; a watcher that saw exactly that is clean.
+    fn watched() -> H {
+        let mut h = H::default();
+        for (v, index) in [("a", 2), ("b", 3), ("c", 4)] {
+            let id = h.append(v, (index * 10, index * 10 + 5), Outcome::Ok);
+            h.0.ops[id as usize].index = Some(index);
+        }
+        h.final_read(&["a", "b", "c"]);
+        h
+    }
+
+    fn with_watches(mut h: H, watches: Vec<Vec<WatchRecord>>) -> Report {
+        h.0.watches = watches.into_iter().flatten().collect();
+        h.check()
+    }
+
+    #[test]
+    fn watchers_that_saw_the_committed_history_are_accepted() {
+        let all = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(3, "k", &["a", "b"])
+            .change(4, "k", &["a", "b", "c"])
+            .end(9, 9);
+        let one = W::new(1, Some("k"))
+            .change(2, "k", &["a"])
+            .change(3, "k", &["a", "b"])
+            .change(4, "k", &["a", "b", "c"])
+            .end(9, 9);
+        let report = with_watches(watched(), vec![all, one]);
+        assert!(report.is_valid(), "{report:#?}");
+        assert_eq!((report.watchers, report.watch_changes), (2, 6));
+    }
+
+    #[test]
+    fn a_watched_change_outside_the_committed_history_is_detected() {
+        // "x" never reached the final list: an uncommitted (or invented) change.
+        let w = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(3, "k", &["a", "x"])
+            .change(3, "k", &["a", "b"])
+            .change(4, "k", &["a", "b", "c"])
+            .end(9, 9);
+        let a = only(&with_watches(watched(), vec![w]), AnomalyKind::WatchPhantom);
+        assert!(a.explanation.contains("not a prefix"), "{a:?}");
+        // A key the watcher does not watch.
+        let w = W::new(0, Some("other")).change(2, "k", &["a"]).end(9, 9);
+        only(&with_watches(watched(), vec![w]), AnomalyKind::WatchPhantom);
+    }
+
+    #[test]
+    fn a_watched_change_skipped_is_detected() {
+        let w = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(4, "k", &["a", "b", "c"])
+            .end(9, 9);
+        let a = only(&with_watches(watched(), vec![w]), AnomalyKind::WatchGap);
+        assert!(a.explanation.contains("\"b\""), "{a:?}");
+        // The end missing, though the watcher caught up.
+        let w = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(3, "k", &["a", "b"])
+            .end(9, 9);
+        let a = only(&with_watches(watched(), vec![w]), AnomalyKind::WatchGap);
+        assert!(a.explanation.contains("caught up"), "{a:?}");
+    }
+
+    #[test]
+    fn a_watched_change_delivered_twice_is_detected() {
+        // The classic failover bug: resuming from the index before the last one seen.
+        let w = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(3, "k", &["a", "b"])
+            .change(3, "k", &["a", "b"])
+            .change(4, "k", &["a", "b", "c"])
+            .end(9, 9);
+        only(&with_watches(watched(), vec![w]), AnomalyKind::WatchDuplicate);
+    }
+
+    #[test]
+    fn watched_changes_out_of_order_or_at_the_wrong_index_are_detected() {
+        let w = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(4, "k", &["a", "b"])
+            .change(3, "k", &["a", "b", "c"])
+            .end(9, 9);
+        let report = with_watches(watched(), vec![w]);
+        only(&report, AnomalyKind::WatchOutOfOrder);
+        assert_eq!(
+            report.anomaly_counts[&AnomalyKind::WatchOutOfOrder],
+            3,
+            "{report:#?}"
+        );
+    }
+
+    #[test]
+    fn a_watcher_that_stopped_or_fell_behind_is_detected() {
+        let w = W::new(0, None)
+            .change(2, "k", &["a"])
+            .change(3, "k", &["a", "b"])
+            .change(4, "k", &["a", "b", "c"])
+            .end(5, 9);
+        let a = only(&with_watches(watched(), vec![w]), AnomalyKind::WatchIncomplete);
+        assert!(a.explanation.contains("not the 9"), "{a:?}");
+        let mut w = W::new(0, None).change(2, "k", &["a"]);
+        w.push(Seen::End {
+            covered: Some(2),
+            target: 9,
+            error: Some("no node serves the watch".into()),
+        });
+        only(
+            &with_watches(watched(), vec![w.records]),
+            AnomalyKind::WatchIncomplete,
+        );
+        let unfinished = W::new(0, None).change(2, "k", &["a"]).records;
+        only(
+            &with_watches(watched(), vec![unfinished]),
+            AnomalyKind::WatchIncomplete,
+        );
     }
 
     #[test]

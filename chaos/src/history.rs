@@ -83,6 +83,91 @@ pub struct Op {
     /// Why it was not `Ok`, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For an acknowledged write: the log index the server said it was applied at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// What a watcher saw or did, one record each, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// Which watcher.
+    pub watcher: u32,
+    /// When.
+    pub at: Micros,
+    /// What.
+    pub seen: Seen,
+}
+
+/// The kinds of [`WatchRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seen {
+    /// The watcher started: what it watches (`key` or every key under `prefix`) and after
+    /// which index.
+    Start {
+        /// The one key watched, if it watches one key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// The prefix watched, if it watches a prefix.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        /// It asked for the changes after this index.
+        after: u64,
+    },
+    /// A change was delivered. Its value (a list of strings, in this workload) is kept
+    /// compactly: its length, last element and [`list_digest`], which is enough to tell
+    /// whether it is exactly a prefix of the key's final list.
+    Change {
+        /// The log index of the change.
+        index: u64,
+        /// `put`, `append` or `delete`.
+        kind: String,
+        /// The key.
+        key: String,
+        /// Length of the new value; `None` when it is not a list of strings.
+        len: Option<usize>,
+        /// Its last element.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<String>,
+        /// [`list_digest`] of the new value.
+        digest: u64,
+    },
+    /// The stream moved to another node.
+    Reconnect {
+        /// The node it left.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// The watcher stopped. `covered`: every change up to it was delivered; `target`: the
+    /// index the cluster had applied after it healed, which it had to reach.
+    End {
+        /// Its last resume point.
+        covered: Option<u64>,
+        /// What it had to reach.
+        target: u64,
+        /// Why it stopped early, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// A digest of a list of strings that can be extended one element at a time, so the checker
+/// computes the digest of every prefix of a final list in one pass: FNV-1a over each element
+/// followed by a zero byte.
+pub fn list_digest<'a>(items: impl IntoIterator<Item = &'a str>) -> u64 {
+    items.into_iter().fold(DIGEST_START, digest_step)
+}
+
+/// The digest of the empty list.
+pub const DIGEST_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The digest of a list extended by `item`, from the digest of the list.
+pub fn digest_step(digest: u64, item: &str) -> u64 {
+    item.bytes().chain(std::iter::once(0)).fold(digest, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// One action of the nemesis.
@@ -129,6 +214,8 @@ pub enum Event {
     Op(Op),
     /// A nemesis action.
     Fault(FaultEvent),
+    /// What a watcher saw.
+    Watch(WatchRecord),
 }
 
 /// A whole history in memory.
@@ -140,6 +227,8 @@ pub struct History {
     pub ops: Vec<Op>,
     /// Nemesis actions in order.
     pub faults: Vec<FaultEvent>,
+    /// What the watchers saw, in order.
+    pub watches: Vec<WatchRecord>,
 }
 
 /// Why a history file could not be read or written.
@@ -175,6 +264,9 @@ impl History {
         for fault in &self.faults {
             line(&Event::Fault(fault.clone()))?;
         }
+        for record in &self.watches {
+            line(&Event::Watch(record.clone()))?;
+        }
         Ok(())
     }
 
@@ -192,6 +284,7 @@ impl History {
                 Event::Meta(m) => history.meta = Some(m),
                 Event::Op(op) => history.ops.push(op),
                 Event::Fault(f) => history.faults.push(f),
+                Event::Watch(w) => history.watches.push(w),
             }
         }
         Ok(history)
@@ -254,6 +347,12 @@ impl Recorder {
         keys
     }
 
+    /// Record what watcher `watcher` saw, now.
+    pub fn watch(&self, watcher: u32, seen: Seen) {
+        let at = self.now();
+        self.lock().watches.push(WatchRecord { watcher, at, seen });
+    }
+
     /// A copy of everything recorded so far.
     pub fn snapshot(&self) -> History {
         self.lock().clone()
@@ -292,20 +391,41 @@ mod tests {
             complete: 2,
             outcome: Outcome::Unknown,
             error: Some("timeout".into()),
+            index: None,
         });
         rec.fault("kill", vec![2], "leader");
+        rec.watch(
+            0,
+            Seen::Change {
+                index: 4,
+                kind: "append".into(),
+                key: "k0".into(),
+                len: Some(1),
+                last: Some("c1-0".into()),
+                digest: list_digest(["c1-0"]),
+            },
+        );
         let history = rec.snapshot();
         assert_eq!(history.ops[0].id, 0, "ids are assigned by the recorder");
         let mut buf = Vec::new();
         history.write_jsonl(&mut buf).expect("write");
         let text = String::from_utf8(buf.clone()).expect("utf8");
-        assert_eq!(text.lines().count(), 3);
+        assert_eq!(text.lines().count(), 4);
         assert!(text
             .lines()
             .next()
             .is_some_and(|l| l.contains(r#""type":"meta""#)));
         let back = History::read_jsonl(&buf[..]).expect("read");
         assert_eq!(back, history);
+    }
+
+    #[test]
+    fn list_digests_extend_one_element_at_a_time() {
+        let whole = list_digest(["a", "bc"]);
+        assert_eq!(digest_step(digest_step(DIGEST_START, "a"), "bc"), whole);
+        assert_ne!(list_digest(["ab", "c"]), whole, "element boundaries count");
+        assert_ne!(list_digest(["bc", "a"]), whole, "order counts");
+        assert_eq!(list_digest([]), DIGEST_START);
     }
 
     #[test]

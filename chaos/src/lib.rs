@@ -8,6 +8,8 @@
 //!   partitions) and the executor that applies it and records every action.
 //! - [`workload`]: concurrent clients appending unique values and reading them back, through
 //!   kvctl's client (via the leader) or one bare attempt at a random node.
+//! - [`watchers`]: kvctl's watcher following the keys through every fault, recording each
+//!   change it delivers.
 //! - [`history`]: the record of every operation (invoke time, completion time, outcome) and
 //!   fault, as JSON lines.
 //! - [`checker`]: the pure function that judges a history, with unit tests on hand-made
@@ -25,6 +27,7 @@ pub mod history;
 pub mod nemesis;
 pub mod netns;
 pub mod run;
+pub mod watchers;
 pub mod workload;
 
 pub use checker::{check, Anomaly, AnomalyKind, Report};

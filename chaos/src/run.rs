@@ -15,7 +15,10 @@
 //!    index. A cluster that does not converge is a liveness failure and reported as such.
 //! 4. **Final reads.** Each key is read linearizably through kvctl's client, then from every
 //!    replica's own copy, and all of it is appended to the history.
-//! 5. **Check.** The pure [`crate::checker`] judges the history.
+//! 5. **Watchers finish.** Watchers ([`crate::watchers`]) have streamed the changes since
+//!    before the first write, through every fault; they now run until they have covered the
+//!    index the converged cluster applied.
+//! 6. **Check.** The pure [`crate::checker`] judges the history.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -27,9 +30,10 @@ use kvapi::NodeId;
 use testkit::{Cluster, NodeLayout};
 
 use crate::checker::{check, Report};
-use crate::history::{History, Op, OpKind, Outcome, Recorder, RunMeta};
+use crate::history::{History, Op, OpKind, Outcome, Recorder, RunMeta, Seen};
 use crate::nemesis::{current_leader, schedule, FaultKind, Nemesis, NemesisError, Pace};
 use crate::netns::{can_make_namespaces, Netns, NetnsError};
+use crate::watchers::{self, Finish};
 use crate::workload::{self, NodeEndpoint, WorkloadConfig, WorkloadError};
 
 /// Election timing used unless the caller overrides it: fast elections make every fault
@@ -290,6 +294,18 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
+    let finish = Arc::new(Finish::default());
+    let watchers: Vec<_> = watchers::specs(config.nodes, &keys)
+        .into_iter()
+        .map(|spec| {
+            runtime.spawn(watchers::run(
+                spec,
+                endpoints.clone(),
+                recorder.clone(),
+                finish.clone(),
+            ))
+        })
+        .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (workload_result, nemesis_result) = std::thread::scope(|s| {
@@ -338,6 +354,7 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
     if converged && converge(&cluster, config.converge_timeout) {
         runtime.block_on(replica_reads(&endpoints, &keys, &recorder))?;
     }
+    finish_watchers(&cluster, &runtime, watchers, &finish, &recorder, converged);
     drop(runtime);
 
     let history = recorder.snapshot();
@@ -351,6 +368,52 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
         cluster,
         net,
     })
+}
+
+/// How long the watchers may take to catch up with the healed cluster.
+const WATCHERS_CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Let the watchers run until they have covered what the converged cluster applied, and record
+/// the end of any that do not within [`WATCHERS_CATCH_UP`] (or at all, when the cluster did not
+/// converge, so there is nothing definite to reach).
+fn finish_watchers(
+    cluster: &Cluster,
+    runtime: &tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    finish: &Finish,
+    recorder: &Recorder,
+    converged: bool,
+) {
+    let applied = cluster
+        .ids()
+        .into_iter()
+        .filter_map(|id| cluster.status(id).and_then(|s| s.last_applied))
+        .max();
+    let why = match (converged, applied) {
+        (true, Some(applied)) => {
+            finish.at(applied);
+            let deadline = Instant::now() + WATCHERS_CATCH_UP;
+            while tasks.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            format!("it did not reach index {applied} within {WATCHERS_CATCH_UP:?} of the cluster converging")
+        }
+        _ => "the cluster did not converge, so there was no final index to reach".to_string(),
+    };
+    for (i, task) in tasks.into_iter().enumerate() {
+        task.abort();
+        // A task that ended by itself recorded its own end; only a cancelled one needs one.
+        if runtime.block_on(task).is_err() {
+            recorder.watch(
+                i as u32,
+                Seen::End {
+                    covered: None,
+                    target: applied.unwrap_or(0),
+                    error: Some(why.clone()),
+                },
+            );
+        }
+    }
 }
 
 /// Poll `f` every 50 ms until it gives a value or `timeout` passes.
@@ -416,6 +479,7 @@ pub async fn final_reads(
             complete: recorder.now(),
             outcome,
             error,
+            index: None,
         });
     }
     Ok(())
@@ -470,6 +534,7 @@ pub async fn replica_reads(
                 complete: recorder.now(),
                 outcome,
                 error,
+                index: None,
             });
         }
     }

@@ -171,6 +171,8 @@ struct Attempt {
     outcome: Outcome,
     read: Option<Value>,
     error: Option<String>,
+    /// The log index an acknowledged write was applied at.
+    index: Option<u64>,
 }
 
 impl Attempt {
@@ -179,6 +181,13 @@ impl Attempt {
             outcome: Outcome::Ok,
             read,
             error: None,
+            index: None,
+        }
+    }
+    fn written(index: u64) -> Self {
+        Attempt {
+            index: Some(index),
+            ..Attempt::ok(None)
         }
     }
     fn not_ok(outcome: Outcome, error: impl Into<String>) -> Self {
@@ -186,6 +195,7 @@ impl Attempt {
             outcome,
             read: None,
             error: Some(error.into()),
+            index: None,
         }
     }
 }
@@ -235,6 +245,7 @@ impl Worker {
                 complete,
                 outcome: result.outcome,
                 error: result.error,
+                index: result.index,
             });
             // A short, random think time keeps the history readable and the clients out of
             // lockstep without starving the cluster of load.
@@ -250,7 +261,7 @@ impl Worker {
             .write(key, WriteKind::Append, Value::from(value), &idem)
             .await
         {
-            Ok(_) => Attempt::ok(None),
+            Ok(written) => Attempt::written(written.response.index),
             // kvctl reports Unavailable only when no attempt may have been applied: every
             // attempt was refused before sending or answered 503 by the server.
             Err(e @ ClientError::Unavailable { .. }) => Attempt::not_ok(Outcome::Failed, e.to_string()),
@@ -276,13 +287,18 @@ impl Worker {
             path: kvctl::endpoint::key_path(key),
             body: Some(body.into_bytes()),
             idempotency_key: Some(new_idempotency_key()),
+            precondition: None,
         };
         match self
             .bare
             .send(&node.http, &request, self.config.attempt_timeout)
             .await
         {
-            Ok(_) => Attempt::ok(None),
+            Ok(reply) => match serde_json::from_slice::<kvapi::WriteResponse>(&reply.body) {
+                Ok(written) => Attempt::written(written.index),
+                // A 200 without a write's answer still says the write was applied.
+                Err(_) => Attempt::ok(None),
+            },
             Err(failure) => {
                 let outcome = match fate(&failure, true) {
                     Fate::NotApplied => Outcome::Failed,
@@ -303,6 +319,7 @@ impl Worker {
             path,
             body: None,
             idempotency_key: None,
+            precondition: None,
         };
         match self
             .bare
@@ -316,6 +333,7 @@ impl Worker {
                     outcome: Outcome::Ok,
                     read: Some(serde_json::from_slice(&reply.body).unwrap_or(Value::Null)),
                     error: Some("unparseable 200 answer".into()),
+                    index: None,
                 },
             },
             Err(Failure::Answered {

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use chaos::history::Seen;
 use chaos::{check, AnomalyKind, History, OpKind, Outcome};
 use serde_json::Value;
 
@@ -178,4 +179,67 @@ fn reordered_entries_in_a_real_history_are_caught() {
     values.swap(0, 1);
     set_final(&mut history, "k0", &values);
     assert!(kinds(&history).contains(&AnomalyKind::NotPrefixOrdered));
+}
+
+/// The clean recorded run with watchers, and the position in its watch records of each change
+/// the first watcher delivered (it watches every key).
+fn watched_history() -> (History, Vec<usize>) {
+    let path = histories()
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("clean-3n-watch-"))
+        })
+        .expect("a clean recorded history with watchers");
+    let history = load(&path);
+    let report = check(&history);
+    assert!(report.is_valid() && report.watchers == 3 && report.watch_reconnects > 0);
+    let changes: Vec<usize> = history
+        .watches
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.watcher == 0 && matches!(w.seen, Seen::Change { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(changes.len() >= 100, "the first watcher saw the run");
+    (history, changes)
+}
+
+#[test]
+fn a_watched_change_dropped_from_a_real_history_is_caught() {
+    let (mut history, changes) = watched_history();
+    history.watches.remove(changes[changes.len() / 2]);
+    assert_eq!(kinds(&history), [AnomalyKind::WatchGap]);
+    // The last change of a key, which no later change would reveal as skipped.
+    let (mut history, changes) = watched_history();
+    history.watches.remove(*changes.last().expect("changes"));
+    assert_eq!(kinds(&history), [AnomalyKind::WatchGap]);
+}
+
+#[test]
+fn a_watched_change_repeated_in_a_real_history_is_caught() {
+    let (mut history, changes) = watched_history();
+    let again = history.watches[changes[10]].clone();
+    history.watches.insert(changes[10] + 1, again);
+    assert_eq!(kinds(&history), [AnomalyKind::WatchDuplicate]);
+}
+
+#[test]
+fn a_watched_change_at_the_wrong_index_in_a_real_history_is_caught() {
+    let (mut history, changes) = watched_history();
+    if let Seen::Change { index, .. } = &mut history.watches[changes[20]].seen {
+        *index += 1;
+    }
+    assert!(kinds(&history).contains(&AnomalyKind::WatchOutOfOrder));
+}
+
+#[test]
+fn a_watcher_that_stopped_in_a_real_history_is_caught() {
+    let (mut history, _) = watched_history();
+    for w in history.watches.iter_mut().filter(|w| w.watcher == 1) {
+        if let Seen::End { error, .. } = &mut w.seen {
+            *error = Some("no node serves the watch".into());
+        }
+    }
+    assert_eq!(kinds(&history), [AnomalyKind::WatchIncomplete]);
 }

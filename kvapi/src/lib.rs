@@ -6,12 +6,18 @@
 //! are. The server owns the semantics; this crate only fixes the shapes.
 //!
 //! The HTTP API itself is described in `api_description.yml` at the top of the repository.
+//! Conditional writes ([`precondition`]) and the watch stream ([`watch`]) have modules of
+//! their own.
 
 pub mod cluster;
 pub mod ops;
+pub mod precondition;
 pub mod snapshot;
+pub mod watch;
 
 pub use cluster::{ClusterFile, ClusterFileError, NodeAddr};
+pub use precondition::Precondition;
+pub use watch::{ChangeKind, WatchEvent, WatchProgress};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -110,6 +116,16 @@ pub struct GetResponse {
     pub served_by: NodeId,
     /// Last log index applied by the replica that served the read.
     pub applied_index: Option<LogIndex>,
+    /// Log index of the write that created the key (since it last did not exist).
+    #[serde(default)]
+    pub create_index: LogIndex,
+    /// Log index of the last write that changed the key; also sent as the `ETag` header, and
+    /// what `If-Match` compares with.
+    #[serde(default)]
+    pub mod_index: LogIndex,
+    /// Number of changes since the key was created: 1 after the creating write.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Answer to `GET /keys?prefix=P&limit=N`.
@@ -146,6 +162,14 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// APPEND onto a value of an incompatible type; nothing changed. (409)
     TypeConflict,
+    /// A conditional write's condition (`If-Match` / `If-None-Match`) did not hold when the
+    /// write was applied; nothing changed. The error says the key's current `mod_index`, or
+    /// that it does not exist: read it again and decide. (412)
+    PreconditionFailed,
+    /// A watch asked for changes older than the node's history of changes reaches; the error
+    /// says the oldest index a watch can resume from. Read the current value and watch from its
+    /// `mod_index`, or try another node. (410)
+    Compacted,
     /// An idempotency key was reused for a different write. (422)
     IdempotencyKeyReused,
     /// The idempotency key is older than the cluster remembers keys for
@@ -177,6 +201,8 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::TypeConflict,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::Compacted,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::IdempotencyKeyExpired,
         ErrorCode::ValueTooLarge,
@@ -194,6 +220,8 @@ impl ErrorCode {
             ErrorCode::KeyNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TypeConflict => 409,
+            ErrorCode::Compacted => 410,
+            ErrorCode::PreconditionFailed => 412,
             ErrorCode::ValueTooLarge => 413,
             ErrorCode::IdempotencyKeyReused | ErrorCode::IdempotencyKeyExpired => 422,
             ErrorCode::Internal => 500,
@@ -220,6 +248,16 @@ pub struct ErrorDetail {
     /// The leader as far as the answering node knows, when that helps the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderRef>,
+    /// `precondition_failed`: whether the key exists now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    /// `precondition_failed`: the key's `mod_index` now, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mod_index: Option<LogIndex>,
+    /// `compacted`: the oldest index the node's history of changes still covers; a watch with
+    /// `after` at or above `oldest_index - 1` can be served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_index: Option<LogIndex>,
 }
 
 /// A node's role in Raft.
@@ -336,6 +374,9 @@ mod tests {
                 code: ErrorCode::OutcomeUnknown,
                 message: "m".into(),
                 leader: None,
+                exists: None,
+                mod_index: None,
+                oldest_index: None,
             },
         };
         let text = serde_json::to_string(&body).expect("serializes");
@@ -343,6 +384,12 @@ mod tests {
         assert_eq!(ErrorCode::TypeConflict.http_status(), 409);
         assert_eq!(ErrorCode::Unavailable.http_status(), 503);
         assert_eq!(ErrorCode::IdempotencyKeyExpired.http_status(), 422);
+        assert_eq!(ErrorCode::PreconditionFailed.http_status(), 412);
+        assert_eq!(ErrorCode::Compacted.http_status(), 410);
+        assert_eq!(
+            serde_json::to_value(ErrorCode::PreconditionFailed).expect("serializes"),
+            "precondition_failed"
+        );
         assert_eq!(
             serde_json::to_value(ErrorCode::IdempotencyKeyExpired).expect("serializes"),
             "idempotency_key_expired"

@@ -330,6 +330,7 @@ impl Direct {
             path: key_path(key),
             body: Some(body),
             idempotency_key: Some(new_idempotency_key()),
+            precondition: None,
         };
         self.send(&request).await
     }
@@ -344,6 +345,7 @@ impl Direct {
             path,
             body: None,
             idempotency_key: None,
+            precondition: None,
         };
         match self
             .transport
@@ -906,6 +908,7 @@ mod tests {
             message: "m".into(),
             leader: None,
             retry_after: None,
+            current: None,
         };
         assert!(outcome_of(&answered(500, None), true) == Outcome::Unknown);
         assert!(outcome_of(&answered(502, None), true) == Outcome::Unknown);

@@ -18,12 +18,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kvapi::{ClusterFile, Consistency, WriteKind};
+use kvapi::{ClusterFile, Consistency, Precondition, WriteKind};
 use kvctl::client::WRITE_WINDOW;
 use kvctl::endpoint::Endpoint;
 use kvctl::error::format_duration;
 use kvctl::output::Format;
 use kvctl::value::{parse_value, Source};
+use kvctl::watch::WatchTarget;
 use serde_json::Value;
 
 /// Environment variable naming the default cluster file.
@@ -37,10 +38,12 @@ Exit codes:
   3  cluster unavailable: no leader or no quorum within the timeout
   4  outcome unknown: a write may or may not have been applied
   5  other errors (including input the server rejected, such as a type conflict)
+  6  condition not met: --if-index or --if-absent did not hold; nothing was changed
 
 With -o json an error is one JSON object on stderr, {\"error\":{\"code\":...,\"message\":...}}, with
-code usage, key_not_found, unavailable, outcome_unknown (plus \"idempotency_key\"), the
-server's code for a refused request (type_conflict, ...), or other.
+code usage, key_not_found, unavailable, outcome_unknown (plus \"idempotency_key\"),
+precondition_failed (plus \"exists\" and \"mod_index\"), the server's code for a refused
+request (type_conflict, ...), or other.
 
 Values: VALUE is stored as JSON when it is valid JSON (42, true, '[\"cat\",\"dog\"]',
 '{\"a\":1}') and as a string otherwise (\"Kyle Chard\"). Text that starts like JSON ([, { or \")
@@ -140,6 +143,30 @@ pub struct ValueArgs {
     /// Read the value from a file
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub condition: ConditionArgs,
+}
+
+/// The condition of a conditional write.
+#[derive(Debug, clap::Args)]
+pub struct ConditionArgs {
+    /// Only if the key was last changed at index N (its mod_index, from `-o json get`): a
+    /// compare-and-swap; exit code 6 when it was changed since
+    #[arg(long, value_name = "N", conflicts_with = "if_absent")]
+    pub if_index: Option<u64>,
+    /// Only if the key does not exist; exit code 6 when it does
+    #[arg(long)]
+    pub if_absent: bool,
+}
+
+impl ConditionArgs {
+    fn precondition(&self) -> Option<Precondition> {
+        match (self.if_index, self.if_absent) {
+            (Some(index), _) => Some(Precondition::ModIndex(index)),
+            (None, true) => Some(Precondition::Absent),
+            (None, false) => None,
+        }
+    }
 }
 
 /// Arguments of `kvctl bench`.
@@ -246,6 +273,27 @@ pub enum Command {
     Delete {
         /// The key
         key: String,
+        /// Only if the key was last changed at index N (its mod_index); exit code 6 when it
+        /// was changed since
+        #[arg(long, value_name = "N")]
+        if_index: Option<u64>,
+    },
+    /// Print every change to KEY (or to the keys under --prefix) as it is applied, until
+    /// Ctrl-C; follows the cluster when a node dies, with no gap and no duplicate
+    Watch {
+        /// The key
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Watch every key starting with this instead (an empty prefix: every key)
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// Start after this log index (e.g. a key's mod_index from `-o json get`), so that no
+        /// change after it is missed; default: from now
+        #[arg(long, value_name = "INDEX")]
+        after: Option<u64>,
+        /// Stop after this many changes
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
     /// List keys starting with PREFIX, sorted
     #[command(visible_alias = "ls")]
@@ -307,11 +355,24 @@ pub enum Action {
         key: String,
         /// The value.
         value: Value,
+        /// Its condition, if any.
+        precondition: Option<Precondition>,
     },
     /// DELETE.
     Delete {
         /// The key.
         key: String,
+        /// Its condition, if any.
+        precondition: Option<Precondition>,
+    },
+    /// Follow the changes to keys.
+    Watch {
+        /// What to watch.
+        target: WatchTarget,
+        /// Start after this index.
+        after: Option<u64>,
+        /// Stop after this many changes.
+        count: Option<u64>,
     },
     /// GET one key.
     Get {
@@ -456,8 +517,31 @@ impl Config {
             Command::Get { key } => Action::Get {
                 key: checked_key(key)?,
             },
-            Command::Delete { key } => Action::Delete {
+            Command::Delete { key, if_index } => Action::Delete {
                 key: checked_key(key)?,
+                precondition: if_index.map(Precondition::ModIndex),
+            },
+            Command::Watch {
+                key,
+                prefix,
+                after,
+                count,
+            } => Action::Watch {
+                target: match (key, prefix) {
+                    (Some(key), None) => WatchTarget::Key(checked_key(key)?),
+                    (None, Some(prefix)) if prefix.len() > kvapi::MAX_KEY_BYTES => {
+                        return Err(UsageError(format!(
+                            "the prefix is {} bytes long; the limit is {}",
+                            prefix.len(),
+                            kvapi::MAX_KEY_BYTES
+                        )))
+                    }
+                    (None, Some(prefix)) => WatchTarget::Prefix(prefix),
+                    // clap's required_unless_present and conflicts_with rule these out.
+                    _ => return Err(UsageError("give a KEY or --prefix, not both".into())),
+                },
+                after,
+                count,
             },
             Command::Keys { prefix, limit } => Action::Keys {
                 prefix,
@@ -592,7 +676,12 @@ fn write_action(kind: WriteKind, args: ValueArgs, stdin: &mut dyn Read) -> Resul
         (None, None) => return Err(UsageError("a VALUE or --file is required".into())),
     };
     let value = parse_value(raw, source, args.string).map_err(|e| UsageError(e.to_string()))?;
-    Ok(Action::Write { kind, key, value })
+    Ok(Action::Write {
+        kind,
+        key,
+        value,
+        precondition: args.condition.precondition(),
+    })
 }
 
 /// Parse `10s`, `500ms`, `2m`, `1.5` (seconds).
@@ -666,7 +755,8 @@ mod tests {
             Action::Write {
                 kind: WriteKind::Put,
                 key: "pets".into(),
-                value: json!(["cat", "dog"])
+                value: json!(["cat", "dog"]),
+                precondition: None,
             }
         );
         let c = config(&["kvctl", "--endpoints", "h:1", "put", "name", "Kyle Chard"], "").expect("valid");
@@ -677,6 +767,134 @@ mod tests {
         );
         let c = config(&["kvctl", "--endpoints", "h:1", "put", "--string", "n", "42"], "").expect("valid");
         assert!(matches!(c.action, Action::Write { value, .. } if value == json!("42")));
+    }
+
+    #[test]
+    fn conditions_parse_into_preconditions() {
+        let c = config(
+            &["kvctl", "--endpoints", "h:1", "put", "--if-index", "7", "n", "8"],
+            "",
+        )
+        .expect("valid");
+        assert!(matches!(
+            c.action,
+            Action::Write {
+                precondition: Some(Precondition::ModIndex(7)),
+                ..
+            }
+        ));
+        let c = config(
+            &["kvctl", "--endpoints", "h:1", "put", "lock", "me", "--if-absent"],
+            "",
+        )
+        .expect("valid");
+        assert!(matches!(
+            c.action,
+            Action::Write {
+                precondition: Some(Precondition::Absent),
+                ..
+            }
+        ));
+        let c = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "h:1",
+                "append",
+                "--if-index",
+                "3",
+                "l",
+                "x",
+            ],
+            "",
+        )
+        .expect("valid");
+        assert!(matches!(
+            c.action,
+            Action::Write {
+                kind: WriteKind::Append,
+                precondition: Some(Precondition::ModIndex(3)),
+                ..
+            }
+        ));
+        let c = config(
+            &["kvctl", "--endpoints", "h:1", "delete", "lock", "--if-index", "9"],
+            "",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.action,
+            Action::Delete {
+                key: "lock".into(),
+                precondition: Some(Precondition::ModIndex(9))
+            }
+        );
+        assert!(config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "h:1",
+                "put",
+                "k",
+                "v",
+                "--if-index",
+                "1",
+                "--if-absent"
+            ],
+            ""
+        )
+        .is_err());
+        assert!(config(
+            &["kvctl", "--endpoints", "h:1", "put", "k", "v", "--if-index", "x"],
+            ""
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn watch_takes_a_key_or_a_prefix() {
+        let c = config(
+            &["kvctl", "--endpoints", "h:1", "watch", "config", "--after", "12"],
+            "",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.action,
+            Action::Watch {
+                target: WatchTarget::Key("config".into()),
+                after: Some(12),
+                count: None
+            }
+        );
+        let c = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "h:1",
+                "watch",
+                "--prefix",
+                "",
+                "--count",
+                "3",
+            ],
+            "",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.action,
+            Action::Watch {
+                target: WatchTarget::Prefix(String::new()),
+                after: None,
+                count: Some(3)
+            }
+        );
+        assert!(config(&["kvctl", "--endpoints", "h:1", "watch"], "").is_err());
+        assert!(config(
+            &["kvctl", "--endpoints", "h:1", "watch", "k", "--prefix", "p"],
+            ""
+        )
+        .is_err());
+        assert!(config(&["kvctl", "--endpoints", "h:1", "watch", "k", "--count", "0"], "").is_err());
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! halfway never leaves half a table behind, and `status --watch` can replace the whole screen
 //! at once instead of flickering line by line.
 //!
+//! `watch` prints changes as they come until Ctrl-C (or `--count`), which ends it with exit
+//! code 0, in one-shot use as in the REPL; `--timeout` bounds how long it keeps trying to reach
+//! a node that can serve it, not how long it watches.
+//!
 //! `status` reports every node and exits 0 while the cluster has a quorum, whatever individual
 //! nodes do. Without a leader or a quorum it still prints the full table, then exits 3
 //! (unavailable), so monitoring scripts can use the exit code alone. `leader` prints a leader
@@ -18,6 +22,7 @@ use clap::CommandFactory;
 use kvctl::client::new_idempotency_key;
 use kvctl::output::{self, Format, Style};
 use kvctl::survey::{changes, Survey};
+use kvctl::watch::{Notice, WatchConfig, Watcher};
 use kvctl::{Client, ClientConfig, Exit};
 
 use crate::cli::{Action, Cli, Config};
@@ -68,15 +73,30 @@ pub async fn execute(client: &Client, config: Config, pretty: bool) -> anyhow::R
         pretty,
     };
     match config.action {
-        Action::Write { kind, key, value } => {
+        Action::Write {
+            kind,
+            key,
+            value,
+            precondition,
+        } => {
             let idempotency_key = new_idempotency_key();
-            tracing::debug!(%idempotency_key, ?kind, %key, "writing");
-            let outcome = client.write(&key, kind, value, &idempotency_key).await?;
+            tracing::debug!(%idempotency_key, ?kind, %key, ?precondition, "writing");
+            let outcome = client
+                .write_if(&key, kind, value, precondition, &idempotency_key)
+                .await?;
             render(|w| output::write_outcome(w, style, &outcome))?;
         }
-        Action::Delete { key } => {
-            let outcome = client.delete(&key).await?;
+        Action::Delete { key, precondition } => {
+            let outcome = client
+                .delete_if(&key, precondition, &new_idempotency_key())
+                .await?;
             render(|w| output::write_outcome(w, style, &outcome))?;
+        }
+        Action::Watch { target, after, count } => {
+            let mut watch_config = WatchConfig::new(config.endpoints.clone(), target);
+            watch_config.after = after;
+            watch_config.reconnect_timeout = config.timeout;
+            follow(watch_config, count, style).await?;
         }
         Action::Get { key } => {
             let response = client.get(&key).await?;
@@ -204,6 +224,37 @@ async fn watch(client: &Client, style: Style, every: Duration) -> anyhow::Result
 fn snapshot_status(file: &std::path::Path, style: Style) -> anyhow::Result<()> {
     let summary = kvctl::snapshot::status(file)?;
     render(|w| output::snapshot_status(w, style, file, &summary))
+}
+
+/// `watch`: print each change as it comes, until Ctrl-C or `count` changes. Each event is
+/// written and flushed on its own, so a pipe sees it at once. Reconnections are diagnostics
+/// (`-v`), not output: the output is exactly the changes, with no gap and no duplicate.
+async fn follow(config: WatchConfig, count: Option<u64>, style: Style) -> anyhow::Result<()> {
+    let mut watcher = Watcher::new(config)?;
+    render(|w| output::watch_header(w, style))?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut seen = 0u64;
+    while count.is_none_or(|n| seen < n) {
+        let notice = tokio::select! {
+            notice = watcher.next() => notice?,
+            _ = &mut interrupted => break,
+        };
+        match notice {
+            Notice::Event(event) => {
+                render(|w| output::watch_event(w, style, &event))?;
+                seen += 1;
+            }
+            Notice::Connected { node, after } => {
+                tracing::debug!(%node, ?after, "watching");
+            }
+            Notice::Disconnected { node, reason } => {
+                tracing::info!(%node, %reason, "watch moves to another node");
+            }
+            Notice::Progress(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Print the completion script of `shell`.

@@ -8,6 +8,8 @@
 //! - [`ClientError::OutcomeUnknown`]: a write was sent but no definite answer came back before
 //!   the deadline. It may or may not have been applied; retrying with the same idempotency key
 //!   resolves it.
+//! - [`ClientError::PreconditionFailed`]: a conditional write's condition did not hold; the
+//!   key changed (or appeared, or vanished) since it was read. Read it again and decide.
 //! - [`ClientError::Rejected`]: the server refused the input (bad key, type conflict, value too
 //!   large); fix the input.
 //! - [`ClientError::Other`]: anything else (a server bug, a response we cannot parse).
@@ -48,6 +50,17 @@ pub enum ClientError {
         /// The idempotency key the write carried, to retry it safely.
         idempotency_key: String,
     },
+    /// A conditional write was not applied because its condition did not hold when the
+    /// cluster applied it: the key is now at `current` (or absent). Nothing was changed.
+    #[error("condition not met: {message}")]
+    PreconditionFailed {
+        /// The key written.
+        key: String,
+        /// The key's `mod_index` when the write was applied; `None` when it did not exist.
+        current: Option<kvapi::LogIndex>,
+        /// The server's explanation.
+        message: String,
+    },
     /// The server refused the request as invalid: fix the input. Nothing was changed.
     #[error("rejected by the server ({}): {message}", code_name(*code))]
     Rejected {
@@ -70,6 +83,7 @@ impl ClientError {
             ClientError::NotFound { .. } => code_name(ErrorCode::KeyNotFound),
             ClientError::Unavailable { .. } => code_name(ErrorCode::Unavailable),
             ClientError::OutcomeUnknown { .. } => code_name(ErrorCode::OutcomeUnknown),
+            ClientError::PreconditionFailed { .. } => code_name(ErrorCode::PreconditionFailed),
             ClientError::Rejected { code, .. } => code_name(*code),
             ClientError::Other(_) => "other".into(),
         }
@@ -81,6 +95,7 @@ impl ClientError {
             ClientError::NotFound { .. } => Exit::NotFound,
             ClientError::Unavailable { .. } => Exit::Unavailable,
             ClientError::OutcomeUnknown { .. } => Exit::OutcomeUnknown,
+            ClientError::PreconditionFailed { .. } => Exit::ConditionNotMet,
             ClientError::Rejected { .. } | ClientError::Other(_) => Exit::Other,
         }
     }
@@ -101,6 +116,9 @@ pub enum Exit {
     OutcomeUnknown,
     /// 5: anything else, including input the server rejected.
     Other,
+    /// 6: a conditional write's condition did not hold (`--if-index`, `--if-absent`); nothing
+    /// was changed.
+    ConditionNotMet,
 }
 
 impl Exit {
@@ -113,6 +131,7 @@ impl Exit {
             Exit::Unavailable => 3,
             Exit::OutcomeUnknown => 4,
             Exit::Other => 5,
+            Exit::ConditionNotMet => 6,
         }
     }
 }
@@ -182,6 +201,14 @@ mod tests {
                 5,
             ),
             (ClientError::Other("boom".into()), 5),
+            (
+                ClientError::PreconditionFailed {
+                    key: "k".into(),
+                    current: Some(7),
+                    message: "m".into(),
+                },
+                6,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(err.exit().code(), code, "{err}");
@@ -236,6 +263,11 @@ mod tests {
                 message: "m".into(),
             },
             ClientError::Other("boom".into()),
+            ClientError::PreconditionFailed {
+                key: "k".into(),
+                current: None,
+                message: "m".into(),
+            },
         ]
         .iter()
         .map(ClientError::code)
@@ -247,7 +279,8 @@ mod tests {
                 "unavailable",
                 "outcome_unknown",
                 "type_conflict",
-                "other"
+                "other",
+                "precondition_failed"
             ]
         );
     }

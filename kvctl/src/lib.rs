@@ -19,6 +19,8 @@
 //!   each follower trails, whether there is a quorum.
 //! - [`bench`]: the load generator behind `kvctl bench`.
 //! - [`snapshot`]: backups, `kvctl snapshot save` and `kvctl snapshot status`.
+//! - [`watch`]: the [`Watcher`](watch::Watcher), which follows `GET /watch` across nodes and
+//!   resumes after a failover with no gap and no duplicate.
 //! - [`output`]: rendering of results as tables, JSON or plain lines into any `io::Write`.
 //!
 //! Nothing here prints on its own: diagnostics go through `tracing`, results through [`output`].
@@ -35,6 +37,7 @@ pub mod snapshot;
 pub mod survey;
 pub mod transport;
 pub mod value;
+pub mod watch;
 
 #[cfg(test)]
 mod mock_server;

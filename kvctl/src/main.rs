@@ -101,11 +101,20 @@ fn report(error: &anyhow::Error, errors: &Errors) -> Exit {
         (None, Exit::Unavailable) => "unavailable".into(),
         (None, _) => "other".into(),
     };
-    let idempotency_key = match client_error {
-        Some(ClientError::OutcomeUnknown { idempotency_key, .. }) => Some(idempotency_key.as_str()),
-        _ => None,
-    };
-    print_error(errors.json, &code, &message, idempotency_key);
+    let mut extra = serde_json::Map::new();
+    match client_error {
+        Some(ClientError::OutcomeUnknown { idempotency_key, .. }) => {
+            extra.insert("idempotency_key".into(), idempotency_key.as_str().into());
+        }
+        Some(ClientError::PreconditionFailed { current, .. }) => {
+            extra.insert("exists".into(), current.is_some().into());
+            if let Some(index) = current {
+                extra.insert("mod_index".into(), (*index).into());
+            }
+        }
+        _ => {}
+    }
+    print_error_with(errors.json, &code, &message, extra);
     exit
 }
 
@@ -125,10 +134,25 @@ fn message_of(error: &anyhow::Error, exit: Exit, errors: &Errors) -> String {
 /// Print one error to stderr: `kvctl: MESSAGE`, or for programs
 /// `{"error":{"code":CODE,"message":MESSAGE[,"idempotency_key":KEY]}}`.
 fn print_error(json: bool, code: &str, message: &str, idempotency_key: Option<&str>) {
+    let mut extra = serde_json::Map::new();
+    if let Some(key) = idempotency_key {
+        extra.insert("idempotency_key".into(), key.into());
+    }
+    print_error_with(json, code, message, extra);
+}
+
+/// [`print_error`] with any fields after `code` and `message` (for programs; the line for
+/// people says it all in its message).
+fn print_error_with(
+    json: bool,
+    code: &str,
+    message: &str,
+    extra: serde_json::Map<String, serde_json::Value>,
+) {
     if json {
         let mut detail = serde_json::json!({"code": code, "message": message});
-        if let Some(key) = idempotency_key {
-            detail["idempotency_key"] = key.into();
+        for (k, v) in extra {
+            detail[k] = v;
         }
         eprintln!("{}", serde_json::json!({ "error": detail }));
     } else {

@@ -16,7 +16,7 @@
 use std::io::{self, Write};
 
 use comfy_table::{presets, Cell, CellAlignment, Table};
-use kvapi::{GetResponse, KeysResponse};
+use kvapi::{GetResponse, KeysResponse, WatchEvent};
 use serde::Serialize;
 
 use crate::client::{LeaderInfo, WriteOutcome};
@@ -125,6 +125,52 @@ pub fn keys(w: &mut impl Write, style: Style, response: &KeysResponse) -> io::Re
                 writeln!(w, "{n} {noun}")
             }
         }
+    }
+}
+
+/// The first line of `watch` in table form, above the events.
+pub fn watch_header(w: &mut impl Write, style: Style) -> io::Result<()> {
+    match style.format {
+        Format::Table => writeln!(w, "{:>8}  {:<6}  KEY  VALUE", "INDEX", "KIND"),
+        Format::Json | Format::Plain => Ok(()),
+    }
+}
+
+/// Render one change seen by `watch`: a row (table), one compact JSON object per line, the
+/// server's own shape (json, for `jq` and scripts), or tab-separated index, kind, key and
+/// value (plain; a delete has an empty value). Values are compact JSON in every form.
+pub fn watch_event(w: &mut impl Write, style: Style, event: &WatchEvent) -> io::Result<()> {
+    let value = || {
+        event
+            .value
+            .as_ref()
+            .map(|v| serde_json::to_string(v).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    match style.format {
+        Format::Table => {
+            let value = if event.value.is_some() {
+                value()
+            } else {
+                "-".into()
+            };
+            writeln!(
+                w,
+                "{:>8}  {:<6}  {}  {value}",
+                event.index,
+                event.kind.as_str(),
+                event.key
+            )
+        }
+        Format::Json => write_json(w, event, false),
+        Format::Plain => writeln!(
+            w,
+            "{}\t{}\t{}\t{}",
+            event.index,
+            event.kind.as_str(),
+            event.key,
+            value()
+        ),
     }
 }
 
@@ -351,6 +397,9 @@ mod tests {
             consistency: Consistency::Linearizable,
             served_by: 1,
             applied_index: Some(7),
+            create_index: 3,
+            mod_index: 6,
+            version: 2,
         }
     }
 
@@ -369,7 +418,7 @@ mod tests {
         assert_eq!(
             parsed,
             json!({"key":"pets","value":["cat","dog"],"consistency":"linearizable",
-                   "served_by":1,"applied_index":7})
+                   "served_by":1,"applied_index":7,"create_index":3,"mod_index":6,"version":2})
         );
         assert_eq!(full.lines().count(), 1, "compact json is one line");
         assert!(render(|w| value(w, PRETTY, &r)).lines().count() > 1);
@@ -427,6 +476,43 @@ mod tests {
         assert_eq!(render(|w| keys(w, TABLE, &empty)), "0 keys\n");
         let truncated = KeysResponse { truncated: true, ..r };
         assert!(render(|w| keys(w, TABLE, &truncated)).contains("raise --limit"));
+    }
+
+    #[test]
+    fn watch_events_render_in_each_format() {
+        let put = WatchEvent {
+            index: 12,
+            kind: kvapi::ChangeKind::Put,
+            key: "config".into(),
+            value: Some(json!({"level": "debug"})),
+        };
+        let gone = WatchEvent {
+            index: 13,
+            kind: kvapi::ChangeKind::Delete,
+            key: "config".into(),
+            value: None,
+        };
+        let both = |style| {
+            render(|w| {
+                watch_header(w, style)?;
+                watch_event(w, style, &put)?;
+                watch_event(w, style, &gone)
+            })
+        };
+        assert_eq!(
+            both(TABLE),
+            "   INDEX  KIND    KEY  VALUE\n      12  put     config  {\"level\":\"debug\"}\n      13  delete  config  -\n"
+        );
+        assert_eq!(
+            both(PRETTY),
+            "{\"index\":12,\"kind\":\"put\",\"key\":\"config\",\"value\":{\"level\":\"debug\"}}\n\
+             {\"index\":13,\"kind\":\"delete\",\"key\":\"config\"}\n",
+            "one object per line even on a terminal"
+        );
+        assert_eq!(
+            both(PLAIN),
+            "12\tput\tconfig\t{\"level\":\"debug\"}\n13\tdelete\tconfig\t\n"
+        );
     }
 
     #[test]

@@ -687,6 +687,7 @@ mod tests {
                 kind: kvapi::WriteKind::Put,
                 key: "a".into(),
                 value: serde_json::json!(["cat", "dog"]),
+                precondition: None,
             }
         );
         let c = config(r#"append 'my key' {"x": 1}"#).expect("valid");

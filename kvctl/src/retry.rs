@@ -125,6 +125,7 @@ mod tests {
             message: "m".into(),
             leader: None,
             retry_after: None,
+            current: None,
         }
     }
 

@@ -21,7 +21,9 @@
 use std::time::Duration;
 
 use kvapi::ops::Readiness;
-use kvapi::{ErrorBody, ErrorCode, LeaderRef, Status, IDEMPOTENCY_HEADER, REPLAYED_HEADER};
+use kvapi::{
+    ErrorBody, ErrorCode, LeaderRef, LogIndex, Precondition, Status, IDEMPOTENCY_HEADER, REPLAYED_HEADER,
+};
 
 use crate::endpoint::base_url;
 use crate::error::{code_name, format_duration};
@@ -53,6 +55,9 @@ pub enum Failure {
         leader: Option<LeaderRef>,
         /// How long the server asked the client to wait before trying again (`Retry-After`).
         retry_after: Option<Duration>,
+        /// For `412 precondition_failed`: the key's `mod_index` now, `Some(None)` when it does
+        /// not exist; `None` for every other answer.
+        current: Option<Option<LogIndex>>,
     },
 }
 
@@ -96,11 +101,11 @@ pub enum Fate {
 ///
 /// Not applied: a request never sent; kvnode's `503 unavailable` and `503 shutting_down` (it
 /// never proposed the write); and its refusals on the merits, `4xx` with a kvnode code (bad
-/// input, type conflict, a key reused for another write: nothing changed). Maybe applied:
-/// everything else, namely a lost or late answer, `504 outcome_unknown`, `422
-/// idempotency_key_expired` (the server cannot tell whether an earlier copy was applied), a
-/// `500`, and any answer without kvnode's error envelope, which something between the client
-/// and the node may have sent after the node received the write.
+/// input, type conflict, a failed condition (`412`), a key reused for another write: nothing
+/// changed). Maybe applied: everything else, namely a lost or late answer, `504
+/// outcome_unknown`, `422 idempotency_key_expired` (the server cannot tell whether an earlier
+/// copy was applied), a `500`, and any answer without kvnode's error envelope, which something
+/// between the client and the node may have sent after the node received the write.
 pub fn fate(failure: &Failure, is_write: bool) -> Fate {
     if !is_write {
         return Fate::NotApplied;
@@ -116,6 +121,8 @@ pub fn fate(failure: &Failure, is_write: bool) -> Fate {
             | ErrorCode::NotFound
             | ErrorCode::MethodNotAllowed
             | ErrorCode::TypeConflict
+            | ErrorCode::PreconditionFailed
+            | ErrorCode::Compacted
             | ErrorCode::IdempotencyKeyReused
             | ErrorCode::ValueTooLarge
             | ErrorCode::Unavailable
@@ -139,6 +146,8 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
     /// The write's idempotency key; `None` for reads.
     pub idempotency_key: Option<String>,
+    /// The write's condition (`If-Match` / `If-None-Match`), if any.
+    pub precondition: Option<Precondition>,
 }
 
 impl Request {
@@ -220,6 +229,10 @@ impl Transport {
         if let Some(key) = &request.idempotency_key {
             builder = builder.header(IDEMPOTENCY_HEADER, key.as_str());
         }
+        if let Some(condition) = request.precondition {
+            let (name, value) = condition.header();
+            builder = builder.header(name, value);
+        }
         if let Some(body) = &request.body {
             builder = builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -278,6 +291,7 @@ impl Transport {
             path: "/admin/status".into(),
             body: None,
             idempotency_key: None,
+            precondition: None,
         };
         let reply = self.send(address, &request, limit).await?;
         serde_json::from_slice(&reply.body).map_err(|e| Failure::Answered {
@@ -286,6 +300,7 @@ impl Transport {
             message: format!("unreadable status document: {e}"),
             leader: None,
             retry_after: None,
+            current: None,
         })
     }
 }
@@ -308,6 +323,12 @@ pub fn error_answer(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
         Ok(envelope) => Failure::Answered {
             status,
             code: Some(envelope.error.code),
+            current: (envelope.error.code == ErrorCode::PreconditionFailed).then(|| {
+                envelope
+                    .error
+                    .mod_index
+                    .filter(|_| envelope.error.exists != Some(false))
+            }),
             message: envelope.error.message,
             leader: envelope.error.leader,
             retry_after,
@@ -318,6 +339,7 @@ pub fn error_answer(status: u16, body: &[u8], retry_after: Option<Duration>) -> 
             message: preview(body),
             leader: None,
             retry_after,
+            current: None,
         },
     }
 }
@@ -377,6 +399,7 @@ mod tests {
             message: "m".into(),
             leader: None,
             retry_after: None,
+            current: None,
         }
     }
 
@@ -440,6 +463,25 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        let body = br#"{"error":{"code":"precondition_failed","message":"m","exists":true,"mod_index":7}}"#;
+        assert!(
+            matches!(
+                error_answer(412, body, None),
+                Failure::Answered {
+                    current: Some(Some(7)),
+                    ..
+                }
+            ),
+            "a 412 carries the key's current index"
+        );
+        let body = br#"{"error":{"code":"precondition_failed","message":"m","exists":false}}"#;
+        assert!(matches!(
+            error_answer(412, body, None),
+            Failure::Answered {
+                current: Some(None),
+                ..
+            }
+        ));
         let failure = error_answer(502, b"<html>Bad Gateway</html>\nmore", None);
         assert_eq!(failure.describe(), "HTTP 502: <html>Bad Gateway</html>");
     }
@@ -459,6 +501,7 @@ mod tests {
             path: "/keys/k".into(),
             body: Some(br#"{"type":"PUT","value":1}"#.to_vec()),
             idempotency_key: Some("key-1".into()),
+            precondition: None,
         }
     }
 

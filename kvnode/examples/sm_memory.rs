@@ -31,6 +31,7 @@ fn main() {
             key: format!("key{k}"),
             cmd: Command::Put(value.clone()),
             idem: None,
+            cond: None,
         })
         .collect();
     state.apply_batch(1, &Batch { ts_ms: t0, ops: warm });
@@ -45,6 +46,7 @@ fn main() {
                     key: format!("key{}", n % 1000),
                     cmd: Command::Put(value.clone()),
                     idem: Some(IdemKey((u128::from(ts) << 80) | (7u128 << 76) | u128::from(n))),
+                    cond: None,
                 }
             })
             .collect();

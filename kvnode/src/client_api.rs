@@ -4,6 +4,11 @@
 //! [`Node`], and turn the outcome into a response. Bodies are read with our own size limit and
 //! parsed as JSON whatever the Content-Type says (curl's `-d` sends a form type), so that every
 //! bad input gets a JSON error with the right status rather than a framework's plain-text one.
+//!
+//! A GET answers the key's versions too, and its `mod_index` as the `ETag`; a write may carry
+//! `If-Match: "<mod_index>"` or `If-None-Match: *`, which becomes the condition inside the
+//! [`Op`] (checked by the state machine, not here) and may come back as `412`. `GET /watch` is
+//! served by [`crate::watch`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,15 +21,17 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::Value;
 
+use kvapi::precondition::{etag, IF_MATCH_HEADER, IF_NONE_MATCH_HEADER};
 use kvapi::{
-    Consistency, ErrorCode, GetResponse, KeysResponse, WriteKind, WriteResponse, DEFAULT_KEYS_LIMIT,
-    IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES, REPLAYED_HEADER,
+    Consistency, ErrorCode, GetResponse, KeysResponse, Precondition, WriteKind, WriteResponse,
+    DEFAULT_KEYS_LIMIT, IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES,
+    REPLAYED_HEADER,
 };
 
 use crate::error::{ApiError, NodeError};
 use crate::node::Node;
 use crate::state::{KvState, IDEMPOTENCY_TTL_MS};
-use crate::types::{Command, IdemKey, LogIndex, Op, OpOutcome, OpReply};
+use crate::types::{Command, Condition, IdemKey, LogIndex, Op, OpOutcome, OpReply};
 
 /// Room for the envelope around the largest value.
 const BODY_OVERHEAD: usize = 64 * 1024;
@@ -35,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/keys", get(list_keys))
         .route("/keys/", get(empty_key).post(empty_key).delete(empty_key))
         .route("/keys/{*key}", get(get_key).post(write_key).delete(delete_key))
+        .route("/watch", get(crate::watch::watch))
         .route("/admin/status", get(status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -83,6 +91,22 @@ fn key_from_uri(uri: &Uri) -> Result<String> {
         )));
     }
     Ok(key)
+}
+
+/// The write's condition, from `If-Match` / `If-None-Match`.
+fn condition(headers: &HeaderMap) -> Result<Option<Condition>> {
+    let text = |name: &str| -> Result<Option<&str>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| ApiError::invalid(format!("the {name} header must be visible ASCII")))
+            })
+            .transpose()
+    };
+    Precondition::from_headers(text(IF_MATCH_HEADER)?, text(IF_NONE_MATCH_HEADER)?)
+        .map(|p| p.map(Condition::from))
+        .map_err(ApiError::invalid)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdemKey>> {
@@ -174,6 +198,7 @@ async fn write_key(
 ) -> Result<Response> {
     let key = key_from_uri(&uri)?;
     let idem = idempotency_key(&headers)?;
+    let cond = condition(&headers)?;
     let max = node.config.max_value_bytes;
     let bytes = read_body(body, max).await?;
     let (kind, value) = parse_write_body(&bytes)?;
@@ -194,6 +219,7 @@ async fn write_key(
                 key: key.clone(),
                 cmd,
                 idem,
+                cond,
             },
             size + key.len(),
         )
@@ -205,6 +231,7 @@ async fn write_key(
 async fn delete_key(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap) -> Result<Response> {
     let key = key_from_uri(&uri)?;
     let idem = idempotency_key(&headers)?;
+    let cond = condition(&headers)?;
     let size = key.len();
     let reply = node
         .write(
@@ -212,6 +239,7 @@ async fn delete_key(State(node): State<Arc<Node>>, uri: Uri, headers: HeaderMap)
                 key: key.clone(),
                 cmd: Command::Delete,
                 idem,
+                cond,
             },
             size,
         )
@@ -242,6 +270,20 @@ fn write_response(key: String, reply: OpReply, what: &str) -> Result<Response> {
             ),
         )
         .into_response(),
+        OpOutcome::PreconditionFailed { current } => {
+            let now = match current {
+                Some(index) => format!("key {key:?} was last changed at index {index}"),
+                None => format!("key {key:?} does not exist"),
+            };
+            ApiError {
+                current: Some(current),
+                ..ApiError::new(
+                    ErrorCode::PreconditionFailed,
+                    format!("the {what}'s condition does not hold: {now}; nothing was changed"),
+                )
+            }
+            .into_response()
+        }
         OpOutcome::IdempotencyKeyReused => ApiError::new(
             ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was already used for a different write; use a fresh key for each write",
@@ -312,16 +354,25 @@ async fn get_key(
 ) -> Result<Response> {
     let key = key_from_uri(&uri)?;
     let consistency = read_params(&query(q)?, &["consistency"])?;
-    let (value, applied_index) = read(&node, consistency, |kv| kv.get(&key).map(|s| s.value.clone())).await?;
-    match value {
-        Some(value) => Ok(Json(GetResponse {
-            key,
-            value,
-            consistency,
-            served_by: node.id,
-            applied_index,
-        })
-        .into_response()),
+    let (stored, applied_index) = read(&node, consistency, |kv| kv.get(&key).cloned()).await?;
+    match stored {
+        Some(stored) => {
+            let mut resp = Json(GetResponse {
+                key,
+                value: stored.value,
+                consistency,
+                served_by: node.id,
+                applied_index,
+                create_index: stored.create_index,
+                mod_index: stored.mod_index,
+                version: stored.version,
+            })
+            .into_response();
+            if let Ok(tag) = HeaderValue::from_str(&etag(stored.mod_index)) {
+                resp.headers_mut().insert(axum::http::header::ETAG, tag);
+            }
+            Ok(resp)
+        }
         None => Err(ApiError::new(
             ErrorCode::KeyNotFound,
             format!("key {key:?} does not exist"),

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub election_max_ms: u64,
     /// Build a snapshot after this many log entries.
     pub snapshot_every: u64,
+    /// How much history of changes the node keeps for watchers.
+    pub watch_history: crate::history::HistoryLimits,
 }
 
 /// A setting that cannot work.
@@ -88,6 +90,7 @@ impl NodeConfig {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_every: 10_000,
+            watch_history: crate::history::HistoryLimits::default(),
         }
     }
 
@@ -153,6 +156,11 @@ impl NodeConfig {
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError("--snapshot-every must be positive".into()));
+        }
+        if self.watch_history.changes == 0 || self.watch_history.bytes == 0 {
+            return Err(ConfigError(
+                "--watch-history-changes and --watch-history-bytes must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use kvapi::{ErrorBody, ErrorCode, ErrorDetail, LeaderRef};
 
-use crate::types::NodeId;
+use crate::types::{LogIndex, NodeId};
 
 /// What can go wrong while routing and serving a request, phrased by what the caller should
 /// do. Travels between nodes when a request is forwarded.
@@ -76,6 +76,11 @@ pub struct ApiError {
     pub leader: Option<LeaderRef>,
     /// Seconds after which a retry makes sense.
     pub retry_after: Option<u32>,
+    /// `precondition_failed`: the key's `mod_index` now, or `None` when it does not exist
+    /// (sent as `exists` and `mod_index`, and the index as the `ETag` header).
+    pub current: Option<Option<LogIndex>>,
+    /// `compacted`: the oldest index the history still covers.
+    pub oldest_index: Option<LogIndex>,
 }
 
 impl ApiError {
@@ -86,6 +91,8 @@ impl ApiError {
             message: message.into(),
             leader: None,
             retry_after: None,
+            current: None,
+            oldest_index: None,
         }
     }
 
@@ -109,10 +116,9 @@ impl ApiError {
         )
         .then_some(1);
         ApiError {
-            code,
-            message: e.to_string(),
             leader,
             retry_after,
+            ..ApiError::new(code, e.to_string())
         }
     }
 }
@@ -126,12 +132,20 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message,
                 leader: self.leader,
+                exists: self.current.map(|c| c.is_some()),
+                mod_index: self.current.flatten(),
+                oldest_index: self.oldest_index,
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(Some(index)) = self.current {
+            if let Ok(tag) = HeaderValue::from_str(&kvapi::precondition::etag(index)) {
+                resp.headers_mut().insert(axum::http::header::ETAG, tag);
+            }
         }
         resp
     }

@@ -25,6 +25,14 @@
 //! round shared by all reads waiting), the node that serves the read waits until it has
 //! applied that far, and reads its own copy. `?consistency=stale` skips the first two steps.
 //!
+//! # Conditional writes and watches
+//!
+//! A write may carry a condition (`If-Match: "<mod_index>"`, `If-None-Match: *`); it travels
+//! inside the [`types::Op`] and is checked by [`state::KvState`] while applying, like the
+//! idempotency key (see `state` for why not earlier). Every applied change is also kept in the
+//! node's [`history`], from which [`watch`] serves `GET /watch` as a stream of server-sent
+//! events, on any node, from that node's own applied state.
+//!
 //! # On disk
 //!
 //! ```text
@@ -51,6 +59,7 @@ pub mod client_api;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod idem;
 pub mod metrics;
 pub mod node;
@@ -62,6 +71,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod types;
+pub mod watch;
 pub mod wire;
 
 pub use config::NodeConfig;

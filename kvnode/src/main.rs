@@ -92,6 +92,15 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     snapshot_every: u64,
 
+    /// Most changes the node keeps in memory for watchers (GET /watch); a watch that resumes
+    /// from before them is answered 410 compacted.
+    #[arg(long, value_name = "N", default_value_t = kvnode::history::HistoryLimits::default().changes)]
+    watch_history_changes: usize,
+
+    /// Most bytes (keys plus values as JSON) of changes kept for watchers.
+    #[arg(long, value_name = "BYTES", default_value_t = kvnode::history::HistoryLimits::default().bytes)]
+    watch_history_bytes: usize,
+
     /// Most client writes grouped into one log entry.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     batch_max_ops: usize,
@@ -172,6 +181,10 @@ impl Cli {
         config.election_min_ms = self.election_min_ms;
         config.election_max_ms = self.election_max_ms;
         config.snapshot_every = self.snapshot_every;
+        config.watch_history = kvnode::history::HistoryLimits {
+            changes: self.watch_history_changes,
+            bytes: self.watch_history_bytes,
+        };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }

@@ -130,6 +130,7 @@ pub async fn run(
     let snapshot_metrics = metrics.clone();
     data.sm
         .observe_snapshots(Arc::new(move |event| snapshot_metrics.snapshot(event)));
+    data.sm.history().set_limits(config.watch_history);
     let started_pristine = data.log.is_pristine();
     let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
@@ -171,11 +172,14 @@ pub async fn run(
             })
             .await
     });
+    let history = node.sm.history();
     let stop_serving = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = fatal_rx.wait_for(|f| f.is_some()) => {}
         }
+        // Watch streams never end by themselves; a graceful shutdown waits for open responses.
+        history.close();
     };
     let client_result = axum::serve(
         http_listener.tap_io(no_delay),

@@ -39,13 +39,36 @@
 //! Each key carries the log index that created it, the index of its last change and the number
 //! of changes since its creation. Deleting a key forgets them.
 //!
+//! # Conditions
+//!
+//! A write may carry a [`Condition`]: the key's `mod_index` must still be a given index
+//! (compare-and-swap), or the key must not exist. The condition is checked here, against the
+//! state this entry is applied to, and not by the node that receives the request: between a
+//! check at proposal time and the apply, other writes already in the log (or batched into the
+//! same entry ahead of this one) may change the key, and a check made on a leader's or
+//! follower's view of the map is a check against a state that is not the one the write will
+//! land on. Here every replica checks the same condition against the same state at the same
+//! point of the log and reaches the same verdict. A failed condition is an outcome like any
+//! other: nothing changes, and with an idempotency key the table remembers it, so a retry gets
+//! the first answer back (and a retry of a write that succeeded is told it succeeded, never
+//! `412` because its own first copy moved `mod_index`). The condition is part of the write's
+//! fingerprint: the same key and value under another condition is another write.
+//!
+//! # Changes
+//!
+//! [`KvState::apply_batch_observed`] reports every change it makes (index, kind, key, new
+//! value) to a callback, in log order; the node keeps the recent ones for watchers (see
+//! `history`). Writes that change nothing (a failed condition, a type conflict, a replayed
+//! retry, a delete of an absent key) report nothing.
+//!
 //! The maps are persistent (`imbl`): cloning the state for a snapshot takes constant time, so a
 //! snapshot is written from a frozen copy while writes go on.
 
+use kvapi::ChangeKind;
 use serde_json::Value;
 
 use crate::idem::{IdemRecord, IdemTable, Segment};
-use crate::types::{Batch, BatchResult, Command, JsonType, LogIndex, Op, OpOutcome, OpReply};
+use crate::types::{Batch, BatchResult, Command, Condition, JsonType, LogIndex, Op, OpOutcome, OpReply};
 
 /// How long (in log time) an idempotency record is kept after it was made.
 pub const IDEMPOTENCY_TTL_MS: u64 = kvapi::IDEMPOTENCY_RETENTION.as_millis() as u64;
@@ -65,6 +88,19 @@ pub struct Stored {
     pub mod_index: LogIndex,
     /// Number of changes since it was created (1 after the creating write).
     pub version: u64,
+}
+
+/// One change applied to a key, as [`KvState::apply_batch_observed`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change<'a> {
+    /// Log index of the entry that applied it.
+    pub index: LogIndex,
+    /// What it did.
+    pub kind: ChangeKind,
+    /// The key.
+    pub key: &'a str,
+    /// The key's value after the change; `None` for a delete.
+    pub value: Option<&'a Value>,
 }
 
 /// Log time, derived from the leaders' stamps (see the module documentation).
@@ -105,20 +141,37 @@ pub struct StateMeta {
 impl KvState {
     /// Apply one batch that sits at log index `index`; one reply per operation.
     pub fn apply_batch(&mut self, index: LogIndex, batch: &Batch) -> BatchResult {
+        self.apply_batch_observed(index, batch, &mut |_| {})
+    }
+
+    /// [`apply_batch`](Self::apply_batch), calling `on_change` with every change made, in
+    /// order.
+    pub fn apply_batch_observed(
+        &mut self,
+        index: LogIndex,
+        batch: &Batch,
+        on_change: &mut dyn FnMut(Change<'_>),
+    ) -> BatchResult {
         self.clock.observe(batch.ts_ms);
         self.idem.expire(self.clock.now_ms, IDEMPOTENCY_TTL_MS);
         let replies = batch
             .ops
             .iter()
-            .map(|op| self.apply_op(index, batch.ts_ms, op))
+            .map(|op| self.apply_op(index, batch.ts_ms, op, on_change))
             .collect();
         BatchResult { replies }
     }
 
-    fn apply_op(&mut self, index: LogIndex, stamp_ms: u64, op: &Op) -> OpReply {
+    fn apply_op(
+        &mut self,
+        index: LogIndex,
+        stamp_ms: u64,
+        op: &Op,
+        on_change: &mut dyn FnMut(Change<'_>),
+    ) -> OpReply {
         let Some(idem) = op.idem else {
             return OpReply {
-                outcome: self.mutate(index, op),
+                outcome: self.checked_mutate(index, op, on_change),
                 replayed: false,
             };
         };
@@ -147,7 +200,7 @@ impl KvState {
                 replayed: false,
             };
         }
-        let outcome = self.mutate(index, op);
+        let outcome = self.checked_mutate(index, op, on_change);
         self.idem
             .insert(self.clock.now_ms, idem, IdemRecord { fingerprint, outcome });
         OpReply {
@@ -156,36 +209,64 @@ impl KvState {
         }
     }
 
-    fn mutate(&mut self, index: LogIndex, op: &Op) -> OpOutcome {
-        match &op.cmd {
-            Command::Put(v) => {
-                self.store(index, &op.key, v.clone());
-                OpOutcome::Applied { index }
-            }
-            Command::Delete => match self.data.remove(&op.key) {
-                Some(_) => OpOutcome::Applied { index },
-                None => OpOutcome::NotFound { index },
-            },
-            Command::Append(v) => {
-                let Some(stored) = self.data.get_mut(&op.key) else {
-                    self.store(index, &op.key, Value::Array(vec![v.clone()]));
-                    return OpOutcome::Applied { index };
-                };
-                match (&mut stored.value, v) {
-                    (Value::Array(items), v) => items.push(v.clone()),
-                    (Value::String(s), Value::String(tail)) => s.push_str(tail),
-                    (existing, v) => {
-                        return OpOutcome::TypeConflict {
-                            existing: JsonType::of(existing),
-                            appended: JsonType::of(v),
-                        }
-                    }
-                }
-                stored.mod_index = index;
-                stored.version += 1;
-                OpOutcome::Applied { index }
+    /// Apply `op` if its condition holds against the state as it is now.
+    fn checked_mutate(
+        &mut self,
+        index: LogIndex,
+        op: &Op,
+        on_change: &mut dyn FnMut(Change<'_>),
+    ) -> OpOutcome {
+        if let Some(cond) = op.cond {
+            let current = self.data.get(&op.key).map(|s| s.mod_index);
+            let holds = match cond {
+                Condition::ModIndex(expected) => current == Some(expected),
+                Condition::Absent => current.is_none(),
+            };
+            if !holds {
+                return OpOutcome::PreconditionFailed { current };
             }
         }
+        self.mutate(index, op, on_change)
+    }
+
+    fn mutate(&mut self, index: LogIndex, op: &Op, on_change: &mut dyn FnMut(Change<'_>)) -> OpOutcome {
+        let kind = match &op.cmd {
+            Command::Put(v) => {
+                self.store(index, &op.key, v.clone());
+                ChangeKind::Put
+            }
+            Command::Delete => match self.data.remove(&op.key) {
+                Some(_) => ChangeKind::Delete,
+                None => return OpOutcome::NotFound { index },
+            },
+            Command::Append(v) => {
+                match self.data.get_mut(&op.key) {
+                    None => self.store(index, &op.key, Value::Array(vec![v.clone()])),
+                    Some(stored) => {
+                        match (&mut stored.value, v) {
+                            (Value::Array(items), v) => items.push(v.clone()),
+                            (Value::String(s), Value::String(tail)) => s.push_str(tail),
+                            (existing, v) => {
+                                return OpOutcome::TypeConflict {
+                                    existing: JsonType::of(existing),
+                                    appended: JsonType::of(v),
+                                }
+                            }
+                        }
+                        stored.mod_index = index;
+                        stored.version += 1;
+                    }
+                }
+                ChangeKind::Append
+            }
+        };
+        on_change(Change {
+            index,
+            kind,
+            key: &op.key,
+            value: self.data.get(&op.key).map(|s| &s.value),
+        });
+        OpOutcome::Applied { index }
     }
 
     /// Set `key` to `value` at `index`, keeping its creation index and counting the change.
@@ -293,6 +374,16 @@ pub fn fingerprint(op: &Op) -> u64 {
         }
         Command::Delete => h.write(b"D"),
     }
+    // Only conditional writes hash a condition, so that the fingerprints of unconditional
+    // writes, which tables in snapshots already hold, stay what they were.
+    match op.cond {
+        None => {}
+        Some(Condition::ModIndex(i)) => {
+            h.write(b"\0=");
+            h.write(&i.to_le_bytes());
+        }
+        Some(Condition::Absent) => h.write(b"\0!"),
+    }
     h.0
 }
 
@@ -346,6 +437,14 @@ mod tests {
             key: k.into(),
             cmd,
             idem,
+            cond: None,
+        }
+    }
+
+    fn cond_op(k: &str, cmd: Command, idem: Option<IdemKey>, cond: Condition) -> Op {
+        Op {
+            cond: Some(cond),
+            ..op(k, cmd, idem)
         }
     }
 
@@ -589,6 +688,140 @@ mod tests {
     }
 
     #[test]
+    fn a_condition_is_checked_against_the_state_it_is_applied_to() {
+        let mut s = KvState::default();
+        let put = |v| Command::Put(json!(v));
+        // Absent: the first creates the key, the second (same entry) finds it.
+        let r = apply(
+            &mut s,
+            3,
+            T0,
+            vec![
+                cond_op("lock", put("a"), None, Condition::Absent),
+                cond_op("lock", put("b"), None, Condition::Absent),
+            ],
+        );
+        assert_eq!(r[0].outcome, OpOutcome::Applied { index: 3 });
+        assert_eq!(r[1].outcome, OpOutcome::PreconditionFailed { current: Some(3) });
+        assert_eq!(value(&s, "lock"), Some(json!("a")));
+        // Compare-and-swap: two writers that read index 3; only the first lands, and the
+        // second is told the index it lost to.
+        let r = apply(
+            &mut s,
+            4,
+            T0,
+            vec![
+                cond_op("lock", put("c"), None, Condition::ModIndex(3)),
+                cond_op("lock", Command::Append(json!("d")), None, Condition::ModIndex(3)),
+            ],
+        );
+        assert_eq!(r[0].outcome, OpOutcome::Applied { index: 4 });
+        assert_eq!(r[1].outcome, OpOutcome::PreconditionFailed { current: Some(4) });
+        let st = s.get("lock").expect("present");
+        assert_eq!((st.value.clone(), st.mod_index, st.version), (json!("c"), 4, 2));
+        // A delete under a stale index changes nothing; under the current one it deletes.
+        let r = apply(
+            &mut s,
+            5,
+            T0,
+            vec![
+                cond_op("lock", Command::Delete, None, Condition::ModIndex(3)),
+                cond_op("lock", Command::Delete, None, Condition::ModIndex(4)),
+                cond_op("lock", Command::Delete, None, Condition::ModIndex(4)),
+                cond_op("lock", Command::Append(json!(1)), None, Condition::Absent),
+            ],
+        );
+        let outcomes: Vec<OpOutcome> = r.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                OpOutcome::PreconditionFailed { current: Some(4) },
+                OpOutcome::Applied { index: 5 },
+                OpOutcome::PreconditionFailed { current: None },
+                OpOutcome::Applied { index: 5 },
+            ]
+        );
+        assert_eq!(value(&s, "lock"), Some(json!([1])));
+    }
+
+    #[test]
+    fn a_retried_conditional_write_gets_its_first_answer_not_a_412_of_its_own_making() {
+        let mut s = KvState::default();
+        apply(&mut s, 1, T0, vec![op("n", Command::Put(json!(0)), None)]);
+        let id = key(T0, 9);
+        let incr = || cond_op("n", Command::Put(json!(1)), Some(id), Condition::ModIndex(1));
+        let first = apply(&mut s, 2, T0, vec![incr()]);
+        assert_eq!(first[0].outcome, OpOutcome::Applied { index: 2 });
+        // The key's mod_index is now 2, so a fresh check would fail; the retry is answered from
+        // the table instead, and nothing is applied twice.
+        let retry = apply(&mut s, 3, T0 + 10, vec![incr()]);
+        assert_eq!(retry[0].outcome, OpOutcome::Applied { index: 2 });
+        assert!(retry[0].replayed);
+        assert_eq!(s.get("n").map(|s| s.version), Some(2));
+        // A failed condition is remembered too: its retry is the same 412, even after the key
+        // changed in a way that would let a fresh copy through.
+        let lost = key(T0, 10);
+        let stale = || cond_op("n", Command::Put(json!(5)), Some(lost), Condition::ModIndex(7));
+        let r = apply(&mut s, 4, T0 + 20, vec![stale()]);
+        assert_eq!(r[0].outcome, OpOutcome::PreconditionFailed { current: Some(2) });
+        for i in 5..=7 {
+            apply(&mut s, i, T0 + 30, vec![op("n", Command::Put(json!(i)), None)]);
+        }
+        let r = apply(&mut s, 8, T0 + 40, vec![stale()]);
+        assert_eq!(r[0].outcome, OpOutcome::PreconditionFailed { current: Some(2) });
+        assert!(r[0].replayed);
+        assert_eq!(value(&s, "n"), Some(json!(7)));
+    }
+
+    #[test]
+    fn changes_are_reported_in_order_and_refusals_report_nothing() {
+        let mut s = KvState::default();
+        let mut seen = Vec::new();
+        let batch = Batch {
+            ts_ms: T0,
+            ops: vec![
+                op("a", Command::Put(json!(1)), None),
+                op("a", Command::Append(json!(2)), None),
+                op("l", Command::Append(json!("x")), None),
+                op("l", Command::Append(json!("y")), None),
+                op("a", Command::Delete, None),
+                op("a", Command::Delete, None),
+                cond_op("l", Command::Put(json!(0)), None, Condition::Absent),
+                op("s", Command::Put(json!("t")), None),
+                op("s", Command::Append(json!(3)), None),
+            ],
+        };
+        s.apply_batch_observed(7, &batch, &mut |c| {
+            seen.push((c.index, c.kind, c.key.to_string(), c.value.cloned()))
+        });
+        // The append onto a number, the second delete, the failed condition and the append
+        // of a number onto a string change nothing and are not reported.
+        assert_eq!(
+            seen,
+            vec![
+                (7, ChangeKind::Put, "a".into(), Some(json!(1))),
+                (7, ChangeKind::Append, "l".into(), Some(json!(["x"]))),
+                (7, ChangeKind::Append, "l".into(), Some(json!(["x", "y"]))),
+                (7, ChangeKind::Delete, "a".into(), None),
+                (7, ChangeKind::Put, "s".into(), Some(json!("t"))),
+            ]
+        );
+        // A replayed retry reports nothing either.
+        let id = key(T0, 1);
+        let w = || op("r", Command::Append(json!(1)), Some(id));
+        let mut n = 0;
+        s.apply_batch_observed(
+            8,
+            &Batch {
+                ts_ms: T0,
+                ops: vec![w(), w()],
+            },
+            &mut |_| n += 1,
+        );
+        assert_eq!(n, 1);
+    }
+
+    #[test]
     fn fingerprints_tell_writes_apart() {
         let p = |k: &str, v| fingerprint(&op(k, Command::Put(v), None));
         assert_eq!(p("a", json!(1)), p("a", json!(1)));
@@ -598,5 +831,12 @@ mod tests {
             p("a", json!(1)),
             fingerprint(&op("a", Command::Append(json!(1)), None))
         );
+        let c = |cond| fingerprint(&cond_op("a", Command::Put(json!(1)), None, cond));
+        assert_ne!(c(Condition::ModIndex(3)), p("a", json!(1)));
+        assert_ne!(c(Condition::ModIndex(3)), c(Condition::ModIndex(4)));
+        assert_ne!(c(Condition::ModIndex(3)), c(Condition::Absent));
+        // Unconditional writes hash as they always did: the tables in existing snapshots hold
+        // these fingerprints.
+        assert_eq!(p("a", json!(1)), 0xabdd_3c82_0dc5_6eb7);
     }
 }

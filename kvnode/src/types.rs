@@ -143,6 +143,31 @@ pub struct Op {
     /// The client's idempotency key, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idem: Option<IdemKey>,
+    /// The condition the write is applied under (`If-Match` / `If-None-Match`), checked by the
+    /// state machine when it applies the entry. Absent from entries written before conditions
+    /// existed, which therefore read back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cond: Option<Condition>,
+}
+
+/// The condition of a conditional write. It travels inside the log entry so that every
+/// replica checks it against the same state at the same point of the log (see `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The key exists and was last changed at this index.
+    ModIndex(LogIndex),
+    /// The key does not exist.
+    Absent,
+}
+
+impl From<kvapi::Precondition> for Condition {
+    fn from(p: kvapi::Precondition) -> Self {
+        match p {
+            kvapi::Precondition::ModIndex(i) => Condition::ModIndex(i),
+            kvapi::Precondition::Absent => Condition::Absent,
+        }
+    }
 }
 
 /// A mutation of one key.
@@ -222,6 +247,11 @@ pub enum OpOutcome {
         existing: JsonType,
         /// JSON type of the appended value.
         appended: JsonType,
+    },
+    /// The write's condition did not hold when it was applied; nothing changed.
+    PreconditionFailed {
+        /// The key's `mod_index` at that point, or `None` when it did not exist.
+        current: Option<LogIndex>,
     },
     /// The idempotency key was first used for a different write; nothing changed.
     IdempotencyKeyReused,

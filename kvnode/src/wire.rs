@@ -277,6 +277,7 @@ mod tests {
                     key: "k".into(),
                     cmd: Command::Append(value),
                     idem: None,
+                    cond: None,
                 }],
             }),
         }

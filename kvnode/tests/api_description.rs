@@ -1,7 +1,9 @@
 //! `api_description.yml` and the running server must agree: every documented route answers,
 //! every undocumented method on a documented path is 405, unknown paths are 404, success bodies
 //! carry the documented required fields, and the documented error codes are exactly the
-//! server's.
+//! server's. For conditional writes and the watch stream: the documented headers are sent
+//! (`ETag`, `Cache-Control`), the documented 412 and 410 bodies carry their documented fields,
+//! and every event of the stream carries the required fields of its documented schema.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -35,7 +37,8 @@ const METHODS: &[&str] = &["get", "post", "put", "delete", "patch"];
 fn the_description_and_the_server_agree() {
     let spec = spec();
     assert_eq!(spec["openapi"].as_str(), Some("3.1.0"));
-    let c = Cluster::start(1);
+    // A history of 4 changes, so that a watch from the beginning is soon refused as compacted.
+    let c = Cluster::start_with(1, &["--watch-history-changes", "4"]);
     c.wait_for_leader(Duration::from_secs(20));
     assert_eq!(
         c.put(0, "spec-key", serde_json::json!([1]))
@@ -74,12 +77,18 @@ fn the_description_and_the_server_agree() {
                 "{method} {path} answered {} which is not documented ({documented:?})",
                 r.status
             );
+            let ok = resolve(&spec, &responses[&Yaml::String("200".into())]);
+            if !ok["content"]["text/event-stream"].is_badvalue() {
+                // A watch needs a query to say what to watch; without one it is a 400.
+                assert_eq!(r.status, 400, "{method} {path}: {:?}", r.json);
+                check_stream(&spec, &c, &concrete, ok, &documented);
+                continue;
+            }
             assert_eq!(r.status, 200, "{method} {path}: {:?}", r.json);
             assert!(
                 r.headers.contains_key("x-request-id"),
                 "{method} {path}: every answer carries X-Request-Id"
             );
-            let ok = resolve(&spec, &responses[&Yaml::String("200".into())]);
             let content = ok["content"].as_hash().expect("content");
             let media = content
                 .keys()
@@ -110,6 +119,8 @@ fn the_description_and_the_server_agree() {
         }
     }
 
+    check_versions_and_conditions(&spec, &c);
+
     let r = c
         .request(0, "GET", "/undocumented/route", None, &[])
         .expect("answer");
@@ -138,4 +149,162 @@ fn the_description_and_the_server_agree() {
         })
         .collect();
     assert_eq!(documented, server);
+}
+
+/// The required fields of the schema at `schema` (after resolving references).
+fn required<'a>(spec: &'a Yaml, schema: &'a Yaml) -> Vec<&'a str> {
+    resolve(spec, schema)["required"]
+        .as_vec()
+        .map(|v| v.iter().filter_map(Yaml::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The headers a documented response (after resolving references) names.
+fn documented_headers(spec: &Yaml, response: &Yaml) -> Vec<String> {
+    resolve(spec, response)["headers"]
+        .as_hash()
+        .map(|h| h.keys().filter_map(Yaml::as_str).map(str::to_lowercase).collect())
+        .unwrap_or_default()
+}
+
+/// `GET /keys/{key}` sends the documented `ETag`, a failed condition answers the documented
+/// 412 with its fields and header, and the schema's error fields are the ones sent.
+fn check_versions_and_conditions(spec: &Yaml, c: &Cluster) {
+    let key_path = &spec["paths"]["/keys/{key}"];
+    assert_eq!(
+        c.put(0, "spec-key", serde_json::json!([4]))
+            .expect("answer")
+            .status,
+        200
+    );
+    let r = c.request(0, "GET", "/keys/spec-key", None, &[]).expect("answer");
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    for header in documented_headers(spec, &key_path["get"]["responses"]["200"]) {
+        assert!(
+            r.headers.contains_key(header.as_str()),
+            "GET lacks documented {header}"
+        );
+    }
+    let mod_index = r.json["mod_index"].as_u64().expect("mod_index");
+    assert_eq!(
+        r.headers.get("etag").and_then(|v| v.to_str().ok()),
+        Some(format!("\"{mod_index}\"").as_str())
+    );
+    let stale = format!("\"{}\"", mod_index - 1);
+    let body = r#"{"type":"PUT","value":0}"#;
+    for (method, body) in [("POST", Some(body)), ("DELETE", None)] {
+        let r = c
+            .request(0, method, "/keys/spec-key", body, &[("If-Match", stale.as_str())])
+            .expect("answer");
+        let documented = &key_path[method.to_lowercase().as_str()]["responses"]["412"];
+        assert!(!documented.is_badvalue(), "{method} documents 412");
+        assert_eq!(r.status, 412, "{method}: {:?}", r.json);
+        assert_eq!(r.json["error"]["code"], "precondition_failed");
+        assert_eq!(r.json["error"]["exists"], true);
+        assert_eq!(r.json["error"]["mod_index"], mod_index);
+        for header in documented_headers(spec, documented) {
+            assert!(
+                r.headers.contains_key(header.as_str()),
+                "412 lacks documented {header}"
+            );
+        }
+    }
+    let r = c
+        .request(
+            0,
+            "POST",
+            "/keys/spec-absent",
+            Some(body),
+            &[("If-Match", "\"1\"")],
+        )
+        .expect("answer");
+    assert_eq!(
+        (r.status, &r.json["error"]["exists"]),
+        (412, &serde_json::json!(false))
+    );
+    assert!(r.json["error"].get("mod_index").is_none(), "{:?}", r.json);
+    let r = c
+        .request(0, "POST", "/keys/spec-absent", Some(body), &[("If-Match", "*")])
+        .expect("answer");
+    assert_eq!(
+        r.status, 400,
+        "If-Match: * is documented as refused: {:?}",
+        r.json
+    );
+    // Every field the server put into an error is documented.
+    let error_fields = &spec["components"]["schemas"]["ErrorBody"]["properties"]["error"]["properties"];
+    for field in r.json["error"].as_object().into_iter().flat_map(|o| o.keys()) {
+        assert!(
+            !error_fields[field.as_str()].is_badvalue(),
+            "undocumented error field {field}"
+        );
+    }
+}
+
+/// The watch stream: its documented 200 header and content type, the required fields of every
+/// event's documented schema, and the documented 410 with `oldest_index`.
+fn check_stream(spec: &Yaml, c: &Cluster, path: &str, ok: &Yaml, documented: &BTreeSet<u16>) {
+    let events = &ok["content"]["text/event-stream"]["x-events"];
+    let written = c.put(0, "spec-key", serde_json::json!([3])).expect("answer");
+    let index = written.json["index"].as_u64().expect("index");
+    let stream = c
+        .watch(
+            0,
+            &format!("key=spec-key&after={}&heartbeat_ms=100", index - 1),
+            &[],
+        )
+        .expect("answer");
+    assert_eq!(stream.status, 200, "{path}: {:?}", stream.body);
+    assert!(documented.contains(&200));
+    for header in documented_headers(spec, ok) {
+        assert!(
+            stream.headers.contains_key(header.as_str()),
+            "{path} lacks documented {header}"
+        );
+    }
+    let first = stream.next(Duration::from_secs(10)).expect("a first event");
+    assert_eq!(first.event.as_deref(), Some("heartbeat"), "{first:?}");
+    let change = stream.next(Duration::from_secs(10)).expect("the last change");
+    assert_eq!(change.event, None, "{change:?}");
+    let beat = stream.next(Duration::from_secs(10)).expect("a heartbeat");
+    for (event, name) in [(&first, "heartbeat"), (&change, "message"), (&beat, "heartbeat")] {
+        let data = event.json();
+        for field in required(spec, &events[name]) {
+            assert!(data.get(field).is_some(), "{name} event lacks {field}: {event:?}");
+        }
+        assert_eq!(
+            event.id.as_deref(),
+            Some(data["index"].to_string().as_str()),
+            "{event:?}"
+        );
+    }
+    // The history holds 4 changes: after 10 writes, a watch from the start is refused.
+    for i in 0..10 {
+        assert_eq!(
+            c.put(0, "spec-churn", serde_json::json!(i))
+                .expect("answer")
+                .status,
+            200
+        );
+    }
+    let refused = c.watch(0, "prefix=&after=0", &[]).expect("answer");
+    assert_eq!(refused.status, 410);
+    assert!(documented.contains(&410));
+    let body = refused.body.expect("an error body");
+    assert_eq!(body["error"]["code"], "compacted", "{body}");
+    let oldest = body["error"]["oldest_index"].as_u64().expect("oldest_index");
+    let served = c
+        .watch(0, &format!("prefix=&after={}", oldest - 1), &[])
+        .expect("answer");
+    assert_eq!(
+        served.status, 200,
+        "oldest_index - 1 is served: {:?}",
+        served.body
+    );
+    let bad = c.watch(0, "key=a&prefix=b", &[]).expect("answer");
+    assert_eq!(bad.status, 400);
+    assert!(
+        !events["error"].is_badvalue(),
+        "the closing error event is documented"
+    );
 }

@@ -55,6 +55,7 @@ fn entry(term: u64, index: u64, key: &str, value: serde_json::Value) -> Entry {
                 key: key.into(),
                 cmd: Command::Append(value),
                 idem: Some(idem(index)),
+                cond: None,
             }],
         }),
     }

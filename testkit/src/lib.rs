@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use kvapi::{ClusterFile, NodeAddr, NodeId, Role, Status};
 
+pub mod sse;
+
+pub use sse::{SseEvent, SseStream};
+
 /// Path of the `kvnode` binary: `$KVNODE_BIN`, or the one next to the test executable's
 /// directory (`target/<profile>/kvnode`), built (or brought up to date) with cargo once per
 /// test process. `cargo test -p kvctl` does not build kvnode's binary by itself, and a stale
@@ -459,6 +463,16 @@ impl Cluster {
             404 => Some(None),
             _ => None,
         }
+    }
+
+    /// Open `GET /watch?{query}` on node `id` (e.g. `key=a&after=3`), with extra headers; the
+    /// stream stays open for at most a minute. `None` when the node does not answer.
+    pub fn watch(&self, id: NodeId, query: &str, headers: &[(&str, &str)]) -> Option<SseStream> {
+        SseStream::open(
+            &format!("{}/watch?{query}", self.url(id)),
+            headers,
+            Duration::from_secs(60),
+        )
     }
 
     /// A node's status, if it answers.

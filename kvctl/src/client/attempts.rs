@@ -222,6 +222,18 @@ pub(super) fn final_error(
             code: Some(C::KeyNotFound),
             ..
         } => ClientError::NotFound { key: key.to_string() },
+        // Settles a write in doubt too: had an earlier attempt been applied, the server would
+        // have replayed its success from the idempotency table.
+        Failure::Answered {
+            code: Some(C::PreconditionFailed),
+            message,
+            current,
+            ..
+        } => ClientError::PreconditionFailed {
+            key: key.to_string(),
+            current: current.flatten(),
+            message,
+        },
         // A refusal on the merits settles even a write in doubt: had an earlier attempt been
         // applied, the server would have answered with its result.
         Failure::Answered {

@@ -25,6 +25,11 @@
 //! the timeout. When the retries end while some attempt may have applied the write, the error
 //! is [`ClientError::OutcomeUnknown`] with the key, never a misleading "unavailable".
 //!
+//! A write may carry a condition ([`Client::write_if`], [`Client::delete_if`]); a condition
+//! that does not hold is final ([`ClientError::PreconditionFailed`]): with the same
+//! idempotency key on every attempt, a `412` cannot be the echo of the write's own first
+//! copy, whose success the server would have replayed instead.
+//!
 //! Stale reads do not need a leader: they go to the cached leader when there is one, otherwise
 //! to each node in turn, so they keep working when the cluster has lost its quorum.
 
@@ -37,7 +42,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvapi::{
-    Consistency, GetResponse, KeysResponse, NodeId, Term, WriteBody, WriteKind, WriteResponse, MAX_KEY_BYTES,
+    Consistency, GetResponse, KeysResponse, NodeId, Precondition, Term, WriteBody, WriteKind, WriteResponse,
+    MAX_KEY_BYTES,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -228,6 +234,21 @@ impl Client {
         value: Value,
         idempotency_key: &str,
     ) -> Result<WriteOutcome, ClientError> {
+        self.write_if(key, kind, value, None, idempotency_key).await
+    }
+
+    /// [`Client::write`] applied only if `precondition` holds when the cluster applies it;
+    /// otherwise [`ClientError::PreconditionFailed`] with the key's current `mod_index`, and
+    /// nothing changed. Retries carry the same idempotency key, so a write whose first copy
+    /// was applied is answered with that success, never with a `412` of its own making.
+    pub async fn write_if(
+        &self,
+        key: &str,
+        kind: WriteKind,
+        value: Value,
+        precondition: Option<Precondition>,
+        idempotency_key: &str,
+    ) -> Result<WriteOutcome, ClientError> {
         check_key(key)?;
         let body = serde_json::to_vec(&WriteBody { kind, value })
             .map_err(|e| ClientError::Other(format!("cannot encode the value: {e}")))?;
@@ -236,6 +257,7 @@ impl Client {
             path: key_path(key),
             body: Some(body),
             idempotency_key: Some(idempotency_key.to_string()),
+            precondition,
         };
         self.write_request(key, request).await
     }
@@ -251,12 +273,24 @@ impl Client {
         key: &str,
         idempotency_key: &str,
     ) -> Result<WriteOutcome, ClientError> {
+        self.delete_if(key, None, idempotency_key).await
+    }
+
+    /// Delete only if `precondition` holds when the cluster applies it; see
+    /// [`Client::write_if`].
+    pub async fn delete_if(
+        &self,
+        key: &str,
+        precondition: Option<Precondition>,
+        idempotency_key: &str,
+    ) -> Result<WriteOutcome, ClientError> {
         check_key(key)?;
         let request = Request {
             method: reqwest::Method::DELETE,
             path: key_path(key),
             body: None,
             idempotency_key: Some(idempotency_key.to_string()),
+            precondition,
         };
         self.write_request(key, request).await
     }
@@ -377,6 +411,7 @@ fn read_request(path: String) -> Request {
         path,
         body: None,
         idempotency_key: None,
+        precondition: None,
     }
 }
 

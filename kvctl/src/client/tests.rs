@@ -15,6 +15,7 @@ fn final_errors_follow_the_server_code() {
         message: "why".into(),
         leader: None,
         retry_after: None,
+        current: None,
     };
     assert!(matches!(
         final_error(answered(ErrorCode::KeyNotFound), "k", false, None),
@@ -50,6 +51,27 @@ fn final_errors_follow_the_server_code() {
     // A route the server does not know changed nothing.
     let err = final_error(answered(ErrorCode::NotFound), "k", false, Some("id-3"));
     assert!(matches!(err, ClientError::Other(_)), "{err}");
+    // A failed condition is an answer, also for a write in doubt (its retry would have been
+    // answered with the first copy's success), with the key's current index.
+    let refused = |current| Failure::Answered {
+        status: 412,
+        code: Some(ErrorCode::PreconditionFailed),
+        message: "why".into(),
+        leader: None,
+        retry_after: None,
+        current: Some(current),
+    };
+    let err = final_error(refused(Some(7)), "k", true, Some("id-4"));
+    assert!(
+        matches!(&err, ClientError::PreconditionFailed { key, current: Some(7), .. } if key == "k"),
+        "{err}"
+    );
+    assert_eq!(err.exit().code(), 6);
+    let err = final_error(refused(None), "k", false, Some("id-5"));
+    assert!(
+        matches!(&err, ClientError::PreconditionFailed { current: None, .. }),
+        "{err}"
+    );
 }
 
 #[test]

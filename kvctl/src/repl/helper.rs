@@ -603,11 +603,11 @@ mod tests {
         let g = grammar();
         assert_eq!(
             g.command("put").map(|c| c.syntax_after(0)).as_deref(),
-            Some("<KEY> [VALUE] [--string] [--file FILE]")
+            Some("<KEY> [VALUE] [--string] [--file FILE] [--if-index N] [--if-absent]")
         );
         assert_eq!(
             g.command("put").map(|c| c.syntax_after(1)).as_deref(),
-            Some("[VALUE] [--string] [--file FILE]")
+            Some("[VALUE] [--string] [--file FILE] [--if-index N] [--if-absent]")
         );
         assert_eq!(
             g.command("get").map(|c| c.syntax_after(0)).as_deref(),

@@ -185,6 +185,7 @@ fn convert_entry(old: OldEntry) -> Entry {
                         OldCommand::Delete => Command::Delete,
                     },
                     idem: None,
+                    cond: None,
                 })
                 .collect(),
         }),

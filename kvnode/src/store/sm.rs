@@ -15,7 +15,9 @@
 //!   different temporary files.
 //!
 //! Entries are applied one at a time under a short write lock; readers take the read lock for
-//! the duration of one lookup.
+//! the duration of one lookup. The changes an entry made are then added to the node's
+//! [`History`] for watchers, outside that lock; installing a snapshot restarts the history at
+//! the snapshot's index, since the changes it covers were never applied here.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -24,6 +26,7 @@ use futures_util::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
+use crate::history::{History, HistoryLimits, Recorded};
 use crate::state::KvState;
 use crate::store::snapshot::{self, SnapshotDir, SnapshotError, SnapshotFile};
 use crate::types::{BatchResult, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -47,6 +50,7 @@ struct Shared {
     snapshots: SnapshotDir,
     /// Told about every snapshot built or installed (metrics); set once at startup.
     observer: OnceLock<SnapshotObserver>,
+    history: Arc<History>,
 }
 
 /// Whether a snapshot was made here or received from the leader.
@@ -106,13 +110,23 @@ impl StateMachineStore {
                 kv,
             };
         }
+        let history = Arc::new(History::new(
+            applied.last_applied.map_or(0, |l| l.index),
+            HistoryLimits::default(),
+        ));
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 applied: RwLock::new(applied),
                 snapshots,
                 observer: OnceLock::new(),
+                history,
             }),
         })
+    }
+
+    /// The history of recent changes that watches are served from.
+    pub fn history(&self) -> Arc<History> {
+        self.shared.history.clone()
     }
 
     /// Read access to what has been applied. Do not hold it across an await.
@@ -231,18 +245,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            let index = entry.log_id.index;
+            let mut changes = Vec::new();
             let result = {
                 let mut applied = self.write();
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => BatchResult::default(),
-                    EntryPayload::Normal(batch) => applied.kv.apply_batch(entry.log_id.index, &batch),
+                    EntryPayload::Normal(batch) => applied
+                        .kv
+                        .apply_batch_observed(index, &batch, &mut |c| changes.push(Recorded::from_change(c))),
                     EntryPayload::Membership(m) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m);
                         BatchResult::default()
                     }
                 }
             };
+            self.shared.history.record(index, changes);
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -285,6 +304,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
         }
+        self.shared.history.reset(meta.last_log_id.map_or(0, |l| l.index));
         tracing::info!(
             index = meta.last_log_id.map(|l| l.index),
             keys,

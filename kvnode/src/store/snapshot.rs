@@ -8,7 +8,8 @@
 //!              u32 value length, value as JSON text
 //! per segment of the idempotency table (the last one is the active segment):
 //!              u64 first, u64 last (log time), u64 newest key time, u64 record count, then
-//!              per record: u128 idempotency key, u64 fingerprint, outcome (11 bytes)
+//!              per record: u128 idempotency key, u64 fingerprint, outcome (11 bytes:
+//!              u8 kind, u64 index, two u8 details; see `encode_outcome`)
 //! u32 CRC-32 of every byte before it
 //! ```
 //!
@@ -361,6 +362,18 @@ pub fn read_from(file: File, path: &Path) -> Result<(SnapshotMeta, KvState), Sna
     Ok((header.meta, KvState::from_parts(entries, segments, meta)))
 }
 
+/// An outcome in 11 bytes: a kind code, an index and two detail bytes. The codes are part of
+/// the file format: a kind keeps its code forever, and a new kind takes the next free one.
+///
+/// | code | kind | index | details |
+/// |---|---|---|---|
+/// | 1 | applied | its index | |
+/// | 2 | not found | its index | |
+/// | 3 | type conflict | | stored type, appended type |
+/// | 4 | idempotency key reused | | |
+/// | 5 | idempotency key expired | | |
+/// | 6 | idempotency key from the future | | |
+/// | 7 | precondition failed | the key's mod_index | 1 if the key existed, else 0 |
 fn encode_outcome(o: OpOutcome) -> [u8; 11] {
     let mut b = [0u8; 11];
     let (kind, index, x, y) = match o {
@@ -370,6 +383,9 @@ fn encode_outcome(o: OpOutcome) -> [u8; 11] {
         OpOutcome::IdempotencyKeyReused => (4, 0, 0, 0),
         OpOutcome::IdempotencyKeyExpired => (5, 0, 0, 0),
         OpOutcome::IdempotencyKeyFromFuture => (6, 0, 0, 0),
+        OpOutcome::PreconditionFailed { current } => {
+            (7, current.unwrap_or(0), u8::from(current.is_some()), 0)
+        }
     };
     b[0] = kind;
     b[1..9].copy_from_slice(&index.to_le_bytes());
@@ -392,6 +408,13 @@ fn decode_outcome(b: &[u8; 11]) -> Option<OpOutcome> {
         4 => OpOutcome::IdempotencyKeyReused,
         5 => OpOutcome::IdempotencyKeyExpired,
         6 => OpOutcome::IdempotencyKeyFromFuture,
+        7 => OpOutcome::PreconditionFailed {
+            current: match b[9] {
+                0 => None,
+                1 => Some(index),
+                _ => return None,
+            },
+        },
         _ => return None,
     })
 }
@@ -512,7 +535,7 @@ impl<'p, R: Read> CrcReader<'p, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Batch, Command, Op};
+    use crate::types::{Batch, Command, Condition, Op};
     use serde_json::json;
 
     fn sample() -> KvState {
@@ -527,16 +550,26 @@ mod tests {
                         key: "a".into(),
                         cmd: Command::Put(json!({"x": [1, 2.5, "é"]})),
                         idem: Some(key(0)),
+                        cond: None,
                     },
                     Op {
                         key: "n".into(),
                         cmd: Command::Put(json!(5)),
                         idem: None,
+                        cond: None,
                     },
                     Op {
                         key: "n".into(),
                         cmd: Command::Append(json!("s")),
                         idem: Some(key(1)),
+                        cond: None,
+                    },
+                    // A failed condition, remembered with its idempotency key.
+                    Op {
+                        key: "a".into(),
+                        cmd: Command::Delete,
+                        idem: Some(key(2)),
+                        cond: Some(Condition::ModIndex(1)),
                     },
                 ],
             },
@@ -600,6 +633,52 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
         let err = kvapi::snapshot::inspect(&bytes[..bytes.len() - 2]).expect_err("truncated");
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn outcomes_keep_their_codes_and_round_trip() {
+        let all = [
+            (OpOutcome::Applied { index: 7 }, 1),
+            (OpOutcome::NotFound { index: 7 }, 2),
+            (
+                OpOutcome::TypeConflict {
+                    existing: JsonType::Number,
+                    appended: JsonType::List,
+                },
+                3,
+            ),
+            (OpOutcome::IdempotencyKeyReused, 4),
+            (OpOutcome::IdempotencyKeyExpired, 5),
+            (OpOutcome::IdempotencyKeyFromFuture, 6),
+            (OpOutcome::PreconditionFailed { current: Some(7) }, 7),
+            (OpOutcome::PreconditionFailed { current: Some(0) }, 7),
+            (OpOutcome::PreconditionFailed { current: None }, 7),
+        ];
+        for (outcome, code) in all {
+            let bytes = encode_outcome(outcome);
+            assert_eq!(bytes[0], code, "{outcome:?}");
+            assert_eq!(decode_outcome(&bytes), Some(outcome));
+        }
+        // The bytes of the old kinds, as snapshots written before conditions hold them.
+        assert_eq!(
+            encode_outcome(OpOutcome::Applied { index: 0x0102 }),
+            [1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            encode_outcome(OpOutcome::TypeConflict {
+                existing: JsonType::String,
+                appended: JsonType::Object
+            }),
+            [3, 0, 0, 0, 0, 0, 0, 0, 0, 3, 5]
+        );
+        assert_eq!(
+            encode_outcome(OpOutcome::PreconditionFailed { current: Some(9) }),
+            [7, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        );
+        let mut bad = encode_outcome(OpOutcome::PreconditionFailed { current: None });
+        bad[9] = 2;
+        assert_eq!(decode_outcome(&bad), None, "a damaged detail byte is refused");
+        assert_eq!(decode_outcome(&[8; 11]), None, "an unknown kind is refused");
     }
 
     #[test]
