@@ -30,6 +30,7 @@
 
 mod attempts;
 mod discovery;
+mod members;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
