@@ -20,6 +20,8 @@
 #   EVAL_WORKLOADS      workloads                                                   [put get mixed:90]
 #   EVAL_NODES          cluster sizes                                               [3 5]
 #   EVAL_SYSTEMS        stores to measure (etcd is skipped when not installed)      [kv etcd]
+#   EVAL_TARGET         where clients send: all (spread over every node, followers
+#                       forward to the leader) or leader                            [all]
 #   EVAL_FAILOVER_REPS  repetitions of the failover experiment (0: skip it)         [5]
 #   EVAL_OUT            results directory                                           [target/eval]
 #   EVAL_IMAGES         where the plots go                                          [images]
@@ -38,6 +40,7 @@ CLIENTS="${EVAL_CLIENTS:-1 4 16 64 256}"
 WORKLOADS="${EVAL_WORKLOADS:-put get mixed:90}"
 NODES="${EVAL_NODES:-3 5}"
 SYSTEMS="${EVAL_SYSTEMS:-kv etcd}"
+TARGET="${EVAL_TARGET:-all}"
 FAILOVER_REPS="${EVAL_FAILOVER_REPS:-5}"
 OUT="${EVAL_OUT:-$ROOT/target/eval}"
 IMAGES="${EVAL_IMAGES:-$ROOT/images}"
@@ -82,7 +85,7 @@ mkdir -p "$OUT/sweep" "$OUT/failover"
     echo "kernel:  $(uname -sr)"
     echo "kvnode:  $("$KVNODE" --version 2>/dev/null || echo kvnode)"
     if command -v etcd >/dev/null; then echo "etcd:    $(etcd --version | head -1)"; fi
-    echo "load:    kvctl bench on the same machine; $RUNS runs of $DURATION per point, 100-byte values, 1000 keys"
+    echo "load:    kvctl bench on the same machine; $RUNS runs of $DURATION per point, 100-byte values, 1000 keys, --target $TARGET"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
@@ -162,7 +165,7 @@ sweep() { # SYSTEM N KVCTL-ARGS...
                 local name="${system}_${n}n_${w/:/}_c${c}_r${r}"
                 printf '  %-28s' "$name"
                 "$KVCTL" "$@" bench -o json --system "$system" --workload "$w" --clients "$c" \
-                    --duration "$DURATION" --value-size 100 --keys 1000 --seed "$r" \
+                    --target "$TARGET" --duration "$DURATION" --value-size 100 --keys 1000 --seed "$r" \
                     > "$OUT/sweep/$name.json" 2> "$OUT/sweep/$name.err" \
                     || die "kvctl bench failed for $name: $(cat "$OUT/sweep/$name.err")"
                 sed -n 's/^  "throughput": \([0-9.]*\).*/\1/p' "$OUT/sweep/$name.json" \

@@ -246,6 +246,14 @@ impl Recorder {
         });
     }
 
+    /// Every key an operation touched so far, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.lock().ops.iter().map(|op| op.key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
     /// A copy of everything recorded so far.
     pub fn snapshot(&self) -> History {
         self.lock().clone()

@@ -327,6 +327,13 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
 
     let converged = converge(&cluster, config.converge_timeout);
     let _ = writeln!(progress, "converged: {converged}; reading the final state");
+    // The slots moved on to fresh keys while the run went on: read every key any operation
+    // touched, and the slots' first keys even if nothing touched them.
+    let mut touched = recorder.keys();
+    touched.extend(keys.iter().cloned());
+    touched.sort_unstable();
+    touched.dedup();
+    let keys = touched;
     runtime.block_on(final_reads(&endpoints, &keys, &recorder))?;
     if converged && converge(&cluster, config.converge_timeout) {
         runtime.block_on(replica_reads(&endpoints, &keys, &recorder))?;

@@ -19,7 +19,7 @@
 //! other non-success is unknown. Every write carries a fresh UUIDv7 idempotency key, as kvctl's
 //! do, so the cluster can tell its age.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +38,13 @@ use crate::history::{Op, OpKind, Outcome, Recorder};
 pub struct WorkloadConfig {
     /// Number of concurrent clients.
     pub clients: usize,
-    /// The keys, all of which get appends and reads.
+    /// The key slots, all of which get appends and reads. A slot moves on to a fresh key
+    /// (`k0`, `k0.1`, `k0.2`, ...) every `appends_per_key` appends: every read returns the
+    /// whole list of its key, so unbounded keys would make the history grow with the square of
+    /// the run's length (a 10-minute run once needed 23 GB to check).
     pub keys: Vec<String>,
+    /// Appends per key before its slot moves on to the next key.
+    pub appends_per_key: u64,
     /// Fraction of operations that are reads.
     pub read_fraction: f64,
     /// Fraction of operations sent to a random node instead of through the leader.
@@ -55,6 +60,18 @@ pub struct WorkloadConfig {
     pub stale_random_reads: bool,
 }
 
+/// Appends per key before a slot moves on (see [`WorkloadConfig::keys`]): long enough for a
+/// key to live through several faults, short enough that a read stays small.
+pub const DEFAULT_APPENDS_PER_KEY: u64 = 200;
+
+/// The key of `slot` that holds its append number `n`.
+pub fn slot_key(slot: &str, n: u64, appends_per_key: u64) -> String {
+    match n / appends_per_key.max(1) {
+        0 => slot.to_string(),
+        g => format!("{slot}.{g}"),
+    }
+}
+
 impl WorkloadConfig {
     /// Defaults for `clients` clients on `keys` keys: half reads, half of the operations to
     /// random nodes, 5 s per operation.
@@ -62,6 +79,7 @@ impl WorkloadConfig {
         WorkloadConfig {
             clients,
             keys: (0..keys).map(|k| format!("k{k}")).collect(),
+            appends_per_key: DEFAULT_APPENDS_PER_KEY,
             read_fraction: 0.5,
             random_node_fraction: 0.5,
             op_timeout: Duration::from_secs(5),
@@ -98,6 +116,7 @@ pub async fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<(), WorkloadError> {
     let bare = Transport::new(Duration::from_millis(500)).map_err(|e| WorkloadError::Setup(e.to_string()))?;
+    let appended: Arc<Vec<AtomicU64>> = Arc::new(config.keys.iter().map(|_| AtomicU64::new(0)).collect());
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..config.clients {
         let client = kvctl_client(nodes, config.op_timeout)?;
@@ -109,6 +128,7 @@ pub async fn run(
             bare: bare.clone(),
             recorder: recorder.clone(),
             rng: StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003).wrapping_add(c as u64)),
+            appended: appended.clone(),
         };
         let stop = stop.clone();
         tasks.spawn(worker.run(stop));
@@ -142,6 +162,8 @@ struct Worker {
     bare: Transport,
     recorder: Recorder,
     rng: StdRng,
+    /// Appends started per key slot, shared by all clients: which key a slot is on.
+    appended: Arc<Vec<AtomicU64>>,
 }
 
 /// What one attempt came to, before it is stamped into an [`Op`].
@@ -172,8 +194,15 @@ impl Worker {
     async fn run(mut self, stop: Arc<AtomicBool>) {
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let key = self.config.keys[self.rng.gen_range(0..self.config.keys.len())].clone();
+            let slot = self.rng.gen_range(0..self.config.keys.len());
             let read = self.rng.gen_bool(self.config.read_fraction);
+            let counter = &self.appended[slot];
+            let position = if read {
+                counter.load(Ordering::Relaxed)
+            } else {
+                counter.fetch_add(1, Ordering::Relaxed)
+            };
+            let key = slot_key(&self.config.keys[slot], position, self.config.appends_per_key);
             let node = self
                 .rng
                 .gen_bool(self.config.random_node_fraction)
@@ -296,5 +325,19 @@ impl Worker {
             // A read changes nothing, so a read that did not answer simply failed.
             Err(failure) => Attempt::not_ok(Outcome::Failed, failure.describe()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_moves_on_to_a_fresh_key_every_so_many_appends() {
+        let keys: Vec<String> = (0..450).map(|n| slot_key("k2", n, 200)).collect();
+        assert_eq!(keys[0], "k2");
+        assert_eq!(keys[199], "k2");
+        assert_eq!(keys[200], "k2.1");
+        assert_eq!(keys[449], "k2.2");
     }
 }

@@ -94,6 +94,7 @@ async fn commit(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
     let (ops, waiters): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.done)).unzip();
     let n = ops.len();
     let proposal = Batch { ts_ms: now_ms(), ops };
+    let started = std::time::Instant::now();
     let result = match tokio::time::timeout(timeout, raft.client_write(proposal)).await {
         Ok(Ok(resp)) if resp.data.replies.len() == n => {
             for (w, reply) in waiters.into_iter().zip(resp.data.replies) {
@@ -114,7 +115,7 @@ async fn commit(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
         // The entry was appended, then discarded when this node adopted another leader's log:
         // a copy may still commit through that leader.
         Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => NodeError::OutcomeUnknown {
-            waited_ms: timeout.as_millis() as u64,
+            waited_ms: started.elapsed().as_millis() as u64,
         },
         Ok(Err(RaftError::APIError(e))) => NodeError::Internal(e.to_string()),
         Ok(Err(RaftError::Fatal(Fatal::Stopped))) => NodeError::Interrupted,

@@ -219,17 +219,16 @@ where
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let req: VoteRequest<TypeConfig> = match decoded(body).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Err(why) = cluster::may_vote(&node, &req) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
-    }
-    raft_answer(node.raft.vote(req).await)
+    election(node, body, false).await
 }
 
 async fn pre_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
+    election(node, body, true).await
+}
+
+/// A vote, or a pre-vote (would this node grant a vote?): both follow the same rule about who
+/// may vote at all (see `cluster::may_vote`).
+async fn election(node: Arc<Node>, body: Body, pre_vote: bool) -> Response {
     let req: VoteRequest<TypeConfig> = match decoded(body).await {
         Ok(r) => r,
         Err(r) => return r,
@@ -237,7 +236,11 @@ async fn pre_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
     if let Err(why) = cluster::may_vote(&node, &req) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
     }
-    raft_answer(node.raft.pre_vote(req).await)
+    if pre_vote {
+        raft_answer(node.raft.pre_vote(req).await)
+    } else {
+        raft_answer(node.raft.vote(req).await)
+    }
 }
 
 async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Response {

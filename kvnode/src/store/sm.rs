@@ -95,13 +95,11 @@ impl StateMachineStore {
         self.shared.applied.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when a snapshot has been published in this data directory.
+    /// True when a snapshot has been published in this data directory. Doubt (an unreadable
+    /// directory) counts as yes: the answer decides whether the node may vote or form a
+    /// cluster, and doubt must never lead to that.
     pub fn has_snapshot(&self) -> bool {
-        self.shared
-            .snapshots
-            .list()
-            .map(|l| !l.is_empty())
-            .unwrap_or(true)
+        self.shared.snapshots.any().unwrap_or(true)
     }
 
     /// A fresh temporary path for receiving a snapshot from the leader.

@@ -152,6 +152,16 @@ impl SnapshotDir {
         self.dir.join(name)
     }
 
+    /// True when a snapshot is published here (without reading any file).
+    pub fn any(&self) -> std::io::Result<bool> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            if entry?.path().extension().is_some_and(|e| e == SUFFIX) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Published snapshot files, newest last, with their metadata (read from each header).
     pub fn list(&self) -> Result<Vec<(SnapshotMeta, PathBuf)>, SnapshotError> {
         let io = |source| SnapshotError::Io {
