@@ -57,7 +57,10 @@ impl NodeError {
     pub fn did_nothing(&self) -> bool {
         matches!(
             self,
-            NodeError::NotLeader { .. } | NodeError::NoLeader { .. } | NodeError::NoQuorum(_) | NodeError::ShuttingDown
+            NodeError::NotLeader { .. }
+                | NodeError::NoLeader { .. }
+                | NodeError::NoQuorum(_)
+                | NodeError::ShuttingDown
         )
     }
 }

@@ -116,8 +116,16 @@ impl Node {
         let timeout = self.config.leader_wait + self.config.batch.write_timeout + Duration::from_secs(2);
         loop {
             let error = match self.leader() {
+                // Refusals that did nothing are retried. `no_quorum` only for one lease, as
+                // with writes: a leader that just took over may not have heard from a majority
+                // yet, but one that lost its majority should be reported at once.
                 Some(l) if l == self.id => match self.admin_as_leader(request.clone()).await {
                     Err(AdminError::Node(e @ NodeError::NotLeader { .. })) => Some(e),
+                    Err(AdminError::Node(e @ NodeError::NoQuorum(_)))
+                        if routing.started.elapsed() < self.lease() =>
+                    {
+                        Some(e)
+                    }
                     other => return other,
                 },
                 Some(l) => match self.forward_admin(l, &request, timeout).await {
@@ -126,6 +134,11 @@ impl Node {
                     Err(Forward::Refused(AdminError::Node(
                         e @ (NodeError::NotLeader { .. } | NodeError::ShuttingDown),
                     ))) => Some(e),
+                    Err(Forward::Refused(AdminError::Node(e @ NodeError::NoQuorum(_))))
+                        if routing.started.elapsed() < self.lease() =>
+                    {
+                        Some(e)
+                    }
                     Err(Forward::Refused(e)) => return Err(e),
                     Err(Forward::Unknown(_)) if request.is_read() => None,
                     Err(Forward::Unknown(reason)) => {
@@ -352,8 +365,8 @@ impl Node {
             }
             None => {
                 return Err(AdminError::Behind(format!(
-                    "the leader has not heard from learner {id} yet (is it running, at raft address \
-                     {}?); it can be promoted once it has caught up: wait and retry",
+                    "the leader has not heard from node {id}, a learner, yet (is it running, at raft \
+                     address {}?); it can be promoted once it has caught up: wait and retry",
                     info.raft
                 )))
             }
@@ -490,15 +503,25 @@ impl Node {
         self.wait_settled().await?;
         debug!(%changes, "changing the membership");
         let started = Instant::now();
-        match tokio::time::timeout(
-            self.config.batch.write_timeout,
-            self.raft.change_membership(changes, retain),
-        )
-        .await
-        {
-            Err(_) => Err(outcome_unknown(started)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(write_error(e, started)),
+        // A leader elected a moment ago (after a transfer, say) has no acknowledgement from a
+        // majority yet and refuses with an expired lease: nothing was proposed, so wait up to
+        // one lease for the acknowledgements and ask again.
+        let lease_by = started + self.lease();
+        loop {
+            match tokio::time::timeout(
+                self.config.batch.write_timeout,
+                self.raft.change_membership(changes.clone(), retain),
+            )
+            .await
+            {
+                Err(_) => return Err(outcome_unknown(started)),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => match write_error(e, started) {
+                    AdminError::Node(NodeError::NoQuorum(_))
+                        if Instant::now() < lease_by && self.wait_for_change(lease_by).await => {}
+                    other => return Err(other),
+                },
+            }
         }
     }
 

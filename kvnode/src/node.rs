@@ -185,7 +185,7 @@ impl Node {
     }
 
     /// How long a leader's lease lasts: one maximal election timeout.
-    fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         Duration::from_millis(self.config.election_max_ms)
     }
 

@@ -193,7 +193,9 @@ pub async fn run(
         tokio::select! {
             _ = shutdown => {}
             _ = fatal_rx.wait_for(|f| f.is_some()) => {}
-            _ = refuse_rx.wait_for(|r| r.is_some()) => {}
+            // The settling task drops its sender when the node has joined: a closed channel
+            // is no refusal (the pattern then disables this branch).
+            Ok(_) = refuse_rx.wait_for(|r| r.is_some()) => {}
         }
     };
     let client_result = axum::serve(

@@ -34,6 +34,46 @@ fn role_of(m: &MembersResponse, id: u64) -> Option<MemberRole> {
     m.members.iter().find(|x| x.id == id).map(|x| x.role)
 }
 
+/// PUT through node `via` right after a failure, as a client would: a `503` (no leader yet, or
+/// a leader elected a moment ago that has not heard from a majority) is retried until 20 s
+/// have passed; any other answer is returned.
+fn put_after_failure(c: &Cluster, via: u64, key: &str, value: serde_json::Value) -> testkit::Reply {
+    poll(
+        Duration::from_secs(20),
+        &format!("PUT {key} through node {via}"),
+        || {
+            let r = c.put(via, key, value.clone())?;
+            (r.status != 503).then_some(r)
+        },
+    )
+}
+
+/// `DELETE /admin/members/{id}` through `via`, retried while `via` does not answer (it may be
+/// starting) or answers `503`/`504`. A retry that finds the member gone after an attempt whose
+/// answer was lost counts as done.
+fn remove_member(c: &Cluster, via: u64, id: u64) {
+    let mut lost = false;
+    poll(
+        Duration::from_secs(30),
+        &format!("node {id} to be removed"),
+        || {
+            let Some(r) = c.request(via, "DELETE", &format!("/admin/members/{id}"), None, &[]) else {
+                lost = true;
+                return None;
+            };
+            match r.status {
+                200 => Some(()),
+                404 if lost && code(&r) == "member_not_found" => Some(()),
+                503 | 504 => {
+                    lost |= r.status == 504;
+                    None
+                }
+                other => panic!("removing node {id}: {other} {:?}", r.json),
+            }
+        },
+    );
+}
+
 /// `POST /admin/members/{id}/promote` through `via` until the learner has caught up.
 fn promote(c: &Cluster, via: u64, id: u64) {
     poll(
@@ -44,6 +84,8 @@ fn promote(c: &Cluster, via: u64, id: u64) {
             match r.status {
                 200 => Some(()),
                 409 if code(&r) == "learner_behind" => None,
+                // The node has not been admitted yet (it joins by itself, asynchronously).
+                404 if code(&r) == "member_not_found" => None,
                 503 => None,
                 other => panic!("promoting {id}: {other} {:?}", r.json),
             }
@@ -149,10 +191,12 @@ fn a_cluster_grows_from_three_to_five_and_shrinks_back_under_a_steady_write_load
     let mut c = Cluster::start_with(3, FAST);
     let load = Load::start(&c, "grow", 4);
     load.wait_for(20); // some load before the first change
+    let mut voters = vec![0, 1, 2];
     for id in [3, 4] {
         c.join(id, &[0, 1, 2]);
-        c.wait_for_members(0, &[0, 1, 2], &[id], Duration::from_secs(30));
+        c.wait_for_members(0, &voters, &[id], Duration::from_secs(30));
         promote(&c, 1, id);
+        voters.push(id);
     }
     c.wait_for_members(2, &[0, 1, 2, 3, 4], &[], Duration::from_secs(30));
     let m = members(&c, 3);
@@ -161,16 +205,13 @@ fn a_cluster_grows_from_three_to_five_and_shrinks_back_under_a_steady_write_load
     // Five voters tolerate two failures: kill two of the original three.
     c.kill(0);
     c.kill(1);
-    let r = c.put(2, "after-growth", json!(1)).expect("answer");
+    let r = put_after_failure(&c, 2, "after-growth", json!(1));
     assert_eq!(r.status, 200, "{:?}", r.json);
     c.restart(0);
     c.restart(1);
     // Shrink back: remove the two new voters (whichever leads, the removal is routed).
     for id in [4, 3] {
-        let r = c
-            .request(0, "DELETE", &format!("/admin/members/{id}"), None, &[])
-            .expect("answer");
-        assert_eq!(r.status, 200, "{:?}", r.json);
+        remove_member(&c, 0, id);
         c.retire(id);
     }
     c.wait_for_members(0, &[0, 1, 2], &[], Duration::from_secs(30));
@@ -200,7 +241,7 @@ fn a_dead_node_is_replaced_by_a_new_one_on_another_address() {
         (r.json["value"] == json!("before")).then_some(())
     });
     c.kill(0);
-    let r = c.put(3, "k", json!("after")).expect("answer");
+    let r = put_after_failure(&c, 3, "k", json!("after"));
     assert_eq!(r.status, 200, "{:?}", r.json);
     assert_eq!(c.get(1, "k").expect("answer"), Some(json!("after")));
 }
@@ -261,7 +302,7 @@ fn leadership_moves_on_request_and_removing_the_leader_hands_it_over_first() {
     c.retire(leader);
     let rest: Vec<u64> = c.members();
     c.wait_for_members(rest[0], &rest, &[], Duration::from_secs(20));
-    assert_eq!(c.put(rest[1], "k", json!(2)).expect("answer").status, 200);
+    assert_eq!(put_after_failure(&c, rest[1], "k", json!(2)).status, 200);
     assert_eq!(c.get(rest[0], "k").expect("answer"), Some(json!(2)));
     assert!(
         c.log(leader)
@@ -599,7 +640,7 @@ fn a_member_moves_to_new_addresses_and_keeps_its_data() {
         .spawn()
         .expect("spawn");
     let _guard = testkit::ChildGuard::new("node 3 moved", moved, c.dir().join("node3-moved.log"));
-    assert_eq!(c.put(1, "k", json!("moved")).expect("answer").status, 200);
+    assert_eq!(put_after_failure(&c, 1, "k", json!("moved")).status, 200);
     let url = format!("http://{http}/keys/k?consistency=stale");
     poll(Duration::from_secs(30), "the moved node to follow", || {
         let r = reqwest::blocking::get(&url).ok()?;
