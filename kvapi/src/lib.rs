@@ -190,6 +190,14 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A bug or a storage failure on the server. (500)
     Internal,
+    /// The node id named is not a member of the cluster (neither voter nor learner). (404)
+    MemberNotFound,
+    /// The membership change contradicts the current membership: the id or an address is
+    /// taken, the node is not a learner, the last voter would go. Nothing changed. (409)
+    MemberConflict,
+    /// The learner is too far behind the leader to be promoted yet: wait until it has caught
+    /// up (`kvctl member list` shows its lag) and retry. Nothing changed. (409)
+    LearnerBehind,
 }
 
 impl ErrorCode {
@@ -211,15 +219,18 @@ impl ErrorCode {
         ErrorCode::OutcomeUnknown,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::MemberNotFound,
+        ErrorCode::MemberConflict,
+        ErrorCode::LearnerBehind,
     ];
 
     /// HTTP status code that goes with this error.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidJson | ErrorCode::InvalidRequest => 400,
-            ErrorCode::KeyNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::KeyNotFound | ErrorCode::NotFound | ErrorCode::MemberNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::TypeConflict => 409,
+            ErrorCode::TypeConflict | ErrorCode::MemberConflict | ErrorCode::LearnerBehind => 409,
             ErrorCode::Compacted => 410,
             ErrorCode::PreconditionFailed => 412,
             ErrorCode::ValueTooLarge => 413,
@@ -298,7 +309,8 @@ pub struct LeaderRef {
     pub http: Option<String>,
 }
 
-/// One voting member of the cluster.
+/// One member of the cluster (a voter in [`Status::members`], a learner in
+/// [`Status::learners`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Its id.
@@ -346,13 +358,124 @@ pub struct Status {
     /// by more than the entries kept after a snapshot.
     #[serde(default)]
     pub purged_index: Option<LogIndex>,
-    /// Voting members, sorted by id.
+    /// Voting members, sorted by id. During a membership change (joint consensus) the voters
+    /// of both configurations.
     pub members: Vec<Member>,
+    /// Learners: members that receive the log but do not vote, sorted by id. Absent from
+    /// older nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<Member>,
+    /// The id of the cluster this node belongs to, made when the cluster formed; absent while
+    /// the node waits to form or join one, and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// On the leader: each follower's progress. Absent elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub followers: Option<Vec<FollowerProgress>>,
     /// Number of keys in this replica.
     pub keys: u64,
+}
+
+/// Whether a member votes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// Votes in elections and counts towards the quorum of every commit.
+    Voter,
+    /// Receives the log (and snapshots) but neither votes nor counts towards a quorum.
+    Learner,
+}
+
+impl MemberRole {
+    /// The lowercase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
+}
+
+/// One member as the leader sees it: `GET /admin/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: NodeId,
+    /// Its client HTTP address, `host:port` (empty when the cluster has not learned it yet:
+    /// a member of the assignment's command line that was down when the cluster formed).
+    pub http: String,
+    /// Its peer (Raft) address, `host:port`.
+    pub raft: String,
+    /// Voter or learner.
+    pub role: MemberRole,
+    /// Highest log index the leader knows the member stores; `None` when unknown.
+    pub matched_index: Option<LogIndex>,
+    /// Entries behind the leader's last log index; `None` when unknown.
+    pub lag: Option<u64>,
+    /// A voter that lost its data and was made a learner to catch up: the leader promotes it
+    /// back by itself once it has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_when_caught_up: bool,
+}
+
+/// Answer to `GET /admin/members` and to every membership change: the membership after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// The leader that answered.
+    pub leader: NodeId,
+    /// Its term.
+    pub term: Term,
+    /// True while a change is in progress (joint consensus: both the old and the new voters
+    /// must agree on every commit).
+    pub joint: bool,
+    /// Every member, sorted by id.
+    pub members: Vec<MemberStatus>,
+}
+
+/// Body of `POST /admin/members`: add a learner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberBody {
+    /// The new node's id, unused in the cluster.
+    pub id: NodeId,
+    /// Its client HTTP address.
+    pub http: String,
+    /// Its peer (Raft) address.
+    pub raft: String,
+}
+
+/// Body of `PUT /admin/members/{id}`: new addresses of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMemberBody {
+    /// Its client HTTP address.
+    pub http: String,
+    /// Its peer (Raft) address.
+    pub raft: String,
+}
+
+/// Body of `POST /admin/leader/transfer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderBody {
+    /// The voter to hand leadership to; absent: the most up-to-date other voter.
+    #[serde(default)]
+    pub to: Option<NodeId>,
+}
+
+/// Answer to `POST /admin/leader/transfer`: who leads now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderResponse {
+    /// The new leader.
+    pub leader: NodeId,
+    /// Its client address, when known.
+    pub http: Option<String>,
+    /// The term it leads.
+    pub term: Term,
+    /// The leader before the transfer.
+    pub previous: NodeId,
 }
 
 #[cfg(test)]

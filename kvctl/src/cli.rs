@@ -311,8 +311,16 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_duration)]
         watch: Option<Duration>,
     },
-    /// Print the current leader
-    Leader,
+    /// Print the current leader, or hand leadership over (`leader transfer [ID]`)
+    Leader {
+        #[command(subcommand)]
+        action: Option<LeaderCommand>,
+    },
+    /// List the members, or change them: add a learner, promote, remove, update addresses
+    Member {
+        #[command(subcommand)]
+        action: MemberCommand,
+    },
     /// Generate load and report throughput and latency percentiles
     Bench(BenchArgs),
     /// Back up the cluster's data to a file, or check such a file
@@ -341,6 +349,87 @@ pub enum SnapshotCommand {
     Status {
         /// The snapshot file
         file: PathBuf,
+    },
+}
+
+/// `kvctl leader ...`.
+#[derive(Debug, Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to voter ID, or to the most up-to-date other voter
+    Transfer {
+        /// The voter to lead next
+        id: Option<u64>,
+    },
+}
+
+/// `kvctl member ...`.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Every member: id, addresses, voter or learner, how far it trails the leader
+    #[command(visible_alias = "ls")]
+    List,
+    /// Add node ID as a learner: it receives the log but does not vote (start it with
+    /// `kvnode --join`, or it joins by itself when started so)
+    Add {
+        /// The new node's id
+        id: u64,
+        /// Its client address, host:port
+        #[arg(long, value_name = "HOST:PORT")]
+        http: String,
+        /// Its peer (Raft) address, host:port
+        #[arg(long, value_name = "HOST:PORT")]
+        raft: String,
+    },
+    /// Make learner ID a voter (refused while it is behind the leader)
+    Promote {
+        /// The learner
+        id: u64,
+    },
+    /// Remove member ID (the leader hands leadership over first when it is ID)
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// The member
+        id: u64,
+    },
+    /// Change the addresses of member ID
+    Update {
+        /// The member
+        id: u64,
+        /// Its client address, host:port
+        #[arg(long, value_name = "HOST:PORT")]
+        http: String,
+        /// Its peer (Raft) address, host:port
+        #[arg(long, value_name = "HOST:PORT")]
+        raft: String,
+    },
+}
+
+/// A membership action, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberAction {
+    /// List.
+    List,
+    /// Add a learner.
+    Add {
+        /// Id.
+        id: u64,
+        /// Client address.
+        http: String,
+        /// Peer address.
+        raft: String,
+    },
+    /// Promote a learner.
+    Promote(u64),
+    /// Remove a member.
+    Remove(u64),
+    /// Change addresses.
+    Update {
+        /// Id.
+        id: u64,
+        /// Client address.
+        http: String,
+        /// Peer address.
+        raft: String,
     },
 }
 
@@ -393,6 +482,10 @@ pub enum Action {
     },
     /// Print the leader.
     Leader,
+    /// Hand leadership over.
+    LeaderTransfer(Option<u64>),
+    /// A membership request.
+    Member(MemberAction),
     /// Run a benchmark.
     Bench(kvctl::bench::BenchSpec),
     /// Print a completion script.
@@ -555,7 +648,11 @@ impl Config {
                 }
                 Action::Status { watch }
             }
-            Command::Leader => Action::Leader,
+            Command::Leader { action: None } => Action::Leader,
+            Command::Leader {
+                action: Some(LeaderCommand::Transfer { id }),
+            } => Action::LeaderTransfer(id),
+            Command::Member { action } => Action::Member(member_action(action)?),
             Command::Completions { shell } => Action::Completions(shell),
             Command::Repl => Action::Repl,
             Command::Bench(args) => Action::Bench(args.into_spec(cli.consistency)?),
@@ -640,6 +737,31 @@ fn endpoints(
         ))),
         Err(e) => Err(UsageError(e.to_string())),
     }
+}
+
+fn member_action(command: MemberCommand) -> Result<MemberAction, UsageError> {
+    let addresses = |http: &str, raft: &str| {
+        for (flag, addr) in [("--http", http), ("--raft", raft)] {
+            kvapi::cluster::check_host_port(addr).map_err(|e| UsageError(format!("{flag} {addr:?} {e}")))?;
+        }
+        if http == raft {
+            return Err(UsageError("--http and --raft must be different addresses".into()));
+        }
+        Ok(())
+    };
+    Ok(match command {
+        MemberCommand::List => MemberAction::List,
+        MemberCommand::Add { id, http, raft } => {
+            addresses(&http, &raft)?;
+            MemberAction::Add { id, http, raft }
+        }
+        MemberCommand::Promote { id } => MemberAction::Promote(id),
+        MemberCommand::Remove { id } => MemberAction::Remove(id),
+        MemberCommand::Update { id, http, raft } => {
+            addresses(&http, &raft)?;
+            MemberAction::Update { id, http, raft }
+        }
+    })
 }
 
 fn checked_key(key: String) -> Result<String, UsageError> {
@@ -995,6 +1117,64 @@ mod tests {
         )
         .expect("--string");
         assert!(matches!(c.action, Action::Write { value, .. } if value == json!(r#"["cat","#)));
+    }
+
+    #[test]
+    fn membership_commands_parse_and_check_addresses() {
+        let c = config(&["kvctl", "--endpoints", "h:1", "member", "list"], "").expect("valid");
+        assert_eq!(c.action, Action::Member(MemberAction::List));
+        let c = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "h:1",
+                "member",
+                "add",
+                "3",
+                "--http",
+                "h:8083",
+                "--raft",
+                "h:6003",
+            ],
+            "",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.action,
+            Action::Member(MemberAction::Add {
+                id: 3,
+                http: "h:8083".into(),
+                raft: "h:6003".into()
+            })
+        );
+        let err = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "h:1",
+                "member",
+                "add",
+                "3",
+                "--http",
+                "nope",
+                "--raft",
+                "h:6003",
+            ],
+            "",
+        )
+        .expect_err("bad address");
+        assert!(err.to_string().contains("--http"), "{err}");
+        let c = config(&["kvctl", "--endpoints", "h:1", "member", "promote", "3"], "").expect("valid");
+        assert_eq!(c.action, Action::Member(MemberAction::Promote(3)));
+        let c = config(&["kvctl", "--endpoints", "h:1", "member", "rm", "2"], "").expect("valid");
+        assert_eq!(c.action, Action::Member(MemberAction::Remove(2)));
+        assert!(config(&["kvctl", "--endpoints", "h:1", "member", "promote", "x"], "").is_err());
+        let c = config(&["kvctl", "--endpoints", "h:1", "leader"], "").expect("valid");
+        assert_eq!(c.action, Action::Leader);
+        let c = config(&["kvctl", "--endpoints", "h:1", "leader", "transfer"], "").expect("valid");
+        assert_eq!(c.action, Action::LeaderTransfer(None));
+        let c = config(&["kvctl", "--endpoints", "h:1", "leader", "transfer", "2"], "").expect("valid");
+        assert_eq!(c.action, Action::LeaderTransfer(Some(2)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use kvctl::survey::{changes, Survey};
 use kvctl::watch::{Notice, WatchConfig, Watcher};
 use kvctl::{Client, ClientConfig, Exit};
 
-use crate::cli::{Action, Cli, Config};
+use crate::cli::{Action, Cli, Config, MemberAction};
 
 /// How many leader and term changes `status --watch` keeps on screen.
 const WATCH_EVENTS: usize = 8;
@@ -115,6 +115,37 @@ pub async fn execute(client: &Client, config: Config, pretty: bool) -> anyhow::R
         Action::Leader => {
             let leader = client.leader().await?;
             render(|w| output::leader(w, style, &leader))?;
+        }
+        Action::LeaderTransfer(to) => {
+            let moved = client.transfer_leader(to).await?;
+            render(|w| output::transferred(w, style, &moved))?;
+        }
+        Action::Member(action) => {
+            let (members, done) = match action {
+                MemberAction::List => (client.members().await?, None),
+                MemberAction::Add { id, http, raft } => (
+                    client.add_member(id, &http, &raft).await?,
+                    Some(format!(
+                        "node {id} is a learner: it receives the log but does not vote; promote it \
+                         with `kvctl member promote {id}` once it has caught up"
+                    )),
+                ),
+                MemberAction::Promote(id) => (
+                    client.promote_member(id).await?,
+                    Some(format!("node {id} is a voter")),
+                ),
+                MemberAction::Remove(id) => (
+                    client.remove_member(id).await?,
+                    Some(format!(
+                        "node {id} is no longer a member; stop its process (its data cannot rejoin)"
+                    )),
+                ),
+                MemberAction::Update { id, http, raft } => (
+                    client.update_member(id, &http, &raft).await?,
+                    Some(format!("node {id} is now at http {http}, raft {raft}")),
+                ),
+            };
+            render(|w| output::members(w, style, &members, done.as_deref()))?;
         }
         Action::Status { watch: None } => {
             let survey = Survey::from_reports(&client.node_statuses().await);

@@ -16,7 +16,7 @@
 use std::io::{self, Write};
 
 use comfy_table::{presets, Cell, CellAlignment, Table};
-use kvapi::{GetResponse, KeysResponse, WatchEvent};
+use kvapi::{GetResponse, KeysResponse, MemberRole, MembersResponse, TransferLeaderResponse, WatchEvent};
 use serde::Serialize;
 
 use crate::client::{LeaderInfo, WriteOutcome};
@@ -187,6 +187,92 @@ pub fn leader(w: &mut impl Write, style: Style, leader: &LeaderInfo) -> io::Resu
     }
 }
 
+/// Render `member list`, and the membership after a change (`done` says what changed). JSON is
+/// the list of members; with `-o json` a change is its resulting list too.
+pub fn members(w: &mut impl Write, style: Style, m: &MembersResponse, done: Option<&str>) -> io::Result<()> {
+    match style.format {
+        Format::Json => write_json(w, &m.members, style.pretty),
+        Format::Plain => {
+            for x in &m.members {
+                let fields = [
+                    x.id.to_string(),
+                    x.role.as_str().to_string(),
+                    x.http.clone(),
+                    x.raft.clone(),
+                    opt(x.matched_index),
+                    opt(x.lag),
+                ];
+                writeln!(w, "{}", fields.join("\t"))?;
+            }
+            Ok(())
+        }
+        Format::Table => {
+            if let Some(done) = done {
+                writeln!(w, "{done}")?;
+            }
+            let mut table = new_table();
+            table.set_header(vec!["ID", "ROLE", "HTTP", "RAFT", "MATCHED", "LAG", "NOTE"]);
+            for x in &m.members {
+                let role = match (x.role, x.id == m.leader) {
+                    (MemberRole::Voter, true) => "voter (leader)",
+                    (role, _) => role.as_str(),
+                };
+                let note = if x.promote_when_caught_up {
+                    "lost its data: promoted back once caught up"
+                } else {
+                    ""
+                };
+                table.add_row(vec![
+                    Cell::new(x.id),
+                    Cell::new(role),
+                    Cell::new(if x.http.is_empty() { "-" } else { &x.http }),
+                    Cell::new(&x.raft),
+                    Cell::new(opt(x.matched_index)).set_alignment(CellAlignment::Right),
+                    Cell::new(x.lag.map_or("unknown".to_string(), |l| l.to_string()))
+                        .set_alignment(CellAlignment::Right),
+                    Cell::new(note),
+                ]);
+            }
+            writeln!(w, "{table}")?;
+            let voters = m.members.iter().filter(|x| x.role == MemberRole::Voter).count();
+            let learners = m.members.len() - voters;
+            writeln!(
+                w,
+                "Cluster {}: {voters} {}, {learners} {}; leader node {}, term {}{}",
+                m.cluster_id,
+                if voters == 1 { "voter" } else { "voters" },
+                if learners == 1 { "learner" } else { "learners" },
+                m.leader,
+                m.term,
+                if m.joint {
+                    "; a change is in progress (joint consensus)"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
+}
+
+/// Render the result of `leader transfer`.
+pub fn transferred(w: &mut impl Write, style: Style, t: &TransferLeaderResponse) -> io::Result<()> {
+    match style.format {
+        Format::Json => write_json(w, t, style.pretty),
+        Format::Plain => writeln!(w, "{}\t{}", t.leader, t.http.as_deref().unwrap_or("-")),
+        Format::Table if t.leader == t.previous => {
+            writeln!(w, "node {} already leads (term {})", t.leader, t.term)
+        }
+        Format::Table => writeln!(
+            w,
+            "node {} leads now{} (term {}), instead of node {}",
+            t.leader,
+            t.http.as_deref().map(|h| format!(" at {h}")).unwrap_or_default(),
+            t.term,
+            t.previous
+        ),
+    }
+}
+
 /// Render the result of `status`: the node table and the summary under it.
 pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<()> {
     match style.format {
@@ -231,7 +317,11 @@ pub fn status(w: &mut impl Write, style: Style, survey: &Survey) -> io::Result<(
             writeln!(w, "{table}")?;
             writeln!(w, "{}", survey.leader_line())?;
             writeln!(w, "{}", survey.quorum_line())?;
-            writeln!(w, "{}", survey.tolerance_line())
+            writeln!(w, "{}", survey.tolerance_line())?;
+            for line in survey.membership_lines() {
+                writeln!(w, "{line}")?;
+            }
+            Ok(())
         }
     }
 }

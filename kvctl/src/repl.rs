@@ -14,8 +14,8 @@
 //! - line editing with rustyline: history in a file (`$KVCTL_HISTORY`, else
 //!   `$XDG_DATA_HOME/kvctl/history`, else `~/.local/share/kvctl/history`; the last
 //!   [`HISTORY_SIZE`] lines; lines starting with a space are not kept, as in bash), Ctrl-R to
-//!   search it, completion of commands, flags and key names, and greyed syntax hints (see
-//!   [`helper`]).
+//!   search it, completion of commands, flags, key names and member ids, and greyed syntax
+//!   hints (see [`helper`]).
 //! - a prompt that says where the session stands, `kv[leader=1 term=3]> `, asked afresh of
 //!   every node before each prompt (bounded to a second), so it follows a failover even when
 //!   the last command did not notice one. It tells the truth as `kvctl leader` does: a node
@@ -389,10 +389,16 @@ impl Session {
         }
     }
 
-    /// The prompt, from a fresh survey of every node.
-    fn prompt(&self, runtime: &Runtime, asker: &Client) -> String {
+    /// The prompt, from a fresh survey of every node, and the member ids it found.
+    fn prompt(&self, runtime: &Runtime, asker: &Client) -> (String, Vec<u64>) {
         let survey = runtime.block_on(async { Survey::from_reports(&asker.node_statuses().await) });
-        prompt_text(&survey)
+        let ids = survey
+            .nodes
+            .iter()
+            .filter_map(|n| n.id)
+            .filter(|id| !survey.not_members.contains(id))
+            .collect();
+        (prompt_text(&survey), ids)
     }
 }
 
@@ -515,7 +521,10 @@ fn interactive(session: &mut Session, runtime: &Runtime) -> Exit {
         env!("CARGO_PKG_VERSION")
     );
     loop {
-        let prompt = session.prompt(runtime, &asker);
+        let (prompt, members) = session.prompt(runtime, &asker);
+        if let Some(helper) = editor.helper() {
+            helper.set_members(members);
+        }
         match editor.readline(&prompt) {
             Ok(text) => {
                 if !text.trim().is_empty() {
@@ -635,6 +644,7 @@ mod tests {
             result: result.map_err(str::to_string),
             elapsed: Duration::from_millis(1),
             ready: None,
+            listed: true,
         };
         let healthy = Survey::from_reports(&[
             report(0, Ok(status(0, "leader", 1, Some(0)))),

@@ -20,6 +20,10 @@
 //! - [`Health`] folds this into three states. Without a leader but with a majority answering,
 //!   an election can (and normally soon will) end: that is an election, not a lost quorum, and
 //!   `status --watch` does not log it as one.
+//! - The membership is the cluster's, not the cluster file's: learners (which receive the log
+//!   but do not vote) are shown and not counted as voters, members the file does not list are
+//!   asked too (the client learns them from the answers), and nodes the file lists that are no
+//!   longer members are named as such.
 
 use std::time::Duration;
 
@@ -40,6 +44,9 @@ pub struct NodeReport {
     pub elapsed: Duration,
     /// Its answer to `/ready`, when it was asked (`None`: not asked).
     pub ready: Option<Result<Readiness, String>>,
+    /// True for a node of the cluster file (or `--endpoints`); false for one learned from the
+    /// members the nodes report.
+    pub listed: bool,
 }
 
 /// One node's row in the survey.
@@ -102,6 +109,12 @@ pub struct Survey {
     pub quorum: bool,
     /// How many more voters may fail before the quorum is lost (0 without quorum).
     pub failures_tolerated: usize,
+    /// Learners: members that receive the log but do not vote.
+    pub learners: Vec<NodeId>,
+    /// Members the cluster file does not list (learned from the cluster).
+    pub unlisted: Vec<NodeId>,
+    /// Nodes the cluster file lists that are not members of the cluster.
+    pub not_members: Vec<NodeId>,
 }
 
 /// The cluster's state in one word.
@@ -157,6 +170,24 @@ impl Survey {
         let quorum_size = voters / 2 + 1;
         let quorum = leader.is_some() && following >= quorum_size;
         let failures_tolerated = if quorum { following - quorum_size } else { 0 };
+        let learners: Vec<NodeId> = leader_status
+            .or_else(|| answers.iter().filter(|s| Some(s.term) == term).copied().next())
+            .map(|s| s.learners.iter().map(|m| m.id).collect())
+            .unwrap_or_default();
+        let unlisted: Vec<NodeId> = reports
+            .iter()
+            .filter(|r| !r.listed)
+            .filter_map(|r| r.id)
+            .collect();
+        let not_members: Vec<NodeId> = match membership {
+            Some(members) => reports
+                .iter()
+                .filter(|r| r.listed)
+                .filter_map(|r| r.id)
+                .filter(|id| !members.iter().any(|m| m.id == *id) && !learners.contains(id))
+                .collect(),
+            None => Vec::new(),
+        };
 
         let nodes = reports
             .iter()
@@ -224,7 +255,41 @@ impl Survey {
             quorum_size,
             quorum,
             failures_tolerated,
+            learners,
+            unlisted,
+            not_members,
         }
+    }
+
+    /// Lines about the membership worth an operator's eye: learners, members the cluster file
+    /// does not list, and listed nodes that are not members. Empty when there is nothing to say.
+    pub fn membership_lines(&self) -> Vec<String> {
+        let list = |ids: &[NodeId]| {
+            ids.iter()
+                .map(|id| format!("node {id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut lines = Vec::new();
+        if !self.learners.is_empty() {
+            lines.push(format!(
+                "Learners: {} (receive the log, do not vote)",
+                list(&self.learners)
+            ));
+        }
+        if !self.unlisted.is_empty() {
+            lines.push(format!(
+                "Not in the cluster file: {} (learned from the cluster)",
+                list(&self.unlisted)
+            ));
+        }
+        if !self.not_members.is_empty() {
+            lines.push(format!(
+                "Not members of the cluster: {} (listed in the cluster file only)",
+                list(&self.not_members)
+            ));
+        }
+        lines
     }
 
     /// The cluster's state in one word.
@@ -416,6 +481,8 @@ pub(crate) mod tests {
             snapshot_index: None,
             purged_index: None,
             members: members(3),
+            learners: Vec::new(),
+            cluster_id: None,
             followers: (role == Role::Leader).then(|| {
                 (0..3)
                     .filter(|f| *f != id)
@@ -437,6 +504,7 @@ pub(crate) mod tests {
             result: result.map_err(str::to_string),
             elapsed: Duration::from_micros(1500),
             ready: None,
+            listed: true,
         }
     }
 
@@ -667,6 +735,44 @@ pub(crate) mod tests {
         assert_eq!(s.nodes[1].lag, Some(1));
         assert_eq!(s.nodes[2].lag, None);
         assert_eq!(s.leader, Some(0));
+    }
+
+    #[test]
+    fn learners_do_not_vote_and_unlisted_or_former_members_are_named() {
+        // Voters 0, 1, 2; learner 3, which the file does not list; node 4 in the file only.
+        let learner = |s: &mut Status| {
+            s.learners = vec![Member {
+                id: 3,
+                http: "127.0.0.1:8003".into(),
+                raft: "127.0.0.1:9003".into(),
+            }]
+        };
+        let mut leader = status(0, Role::Leader, 3, Some(0));
+        learner(&mut leader);
+        let mut three = report(3, Ok(status(3, Role::Learner, 3, Some(0))));
+        three.listed = false;
+        let reports = vec![
+            report(0, Ok(leader)),
+            report(1, Ok(status(1, Role::Follower, 3, Some(0)))),
+            report(2, Err("connection refused")),
+            three,
+            report(4, Err("connection refused")),
+        ];
+        let s = Survey::from_reports(&reports);
+        assert_eq!((s.voters, s.answering, s.following), (3, 2, 2));
+        assert!(s.quorum);
+        assert_eq!(s.learners, vec![3]);
+        assert_eq!(s.unlisted, vec![3]);
+        assert_eq!(s.not_members, vec![4]);
+        assert_eq!(
+            s.membership_lines(),
+            vec![
+                "Learners: node 3 (receive the log, do not vote)",
+                "Not in the cluster file: node 3 (learned from the cluster)",
+                "Not members of the cluster: node 4 (listed in the cluster file only)",
+            ]
+        );
+        assert!(Survey::from_reports(&healthy()).membership_lines().is_empty());
     }
 
     #[test]

@@ -127,7 +127,10 @@ pub fn fate(failure: &Failure, is_write: bool) -> Fate {
             | ErrorCode::ValueTooLarge
             | ErrorCode::Unavailable
             | ErrorCode::NoQuorum
-            | ErrorCode::ShuttingDown => Fate::NotApplied,
+            | ErrorCode::ShuttingDown
+            | ErrorCode::MemberNotFound
+            | ErrorCode::MemberConflict
+            | ErrorCode::LearnerBehind => Fate::NotApplied,
             ErrorCode::IdempotencyKeyExpired | ErrorCode::OutcomeUnknown | ErrorCode::Internal => {
                 Fate::MaybeApplied
             }

@@ -792,3 +792,77 @@ fn a_write_whose_answer_is_lost_is_retried_and_applied_once() {
     assert_eq!(proxy.lost.load(Ordering::SeqCst), 2);
     kvctl(cluster.cluster_file(), &["get", "s"]).fails(1);
 }
+
+/// The operator's story of issue 11 through the real binary: list, add (by `kvnode --join`),
+/// promote, hand leadership over, remove; and a cluster file that predates the changes still
+/// leads kvctl to the cluster, whose status names what the file does not know.
+#[test]
+fn members_are_listed_and_changed_and_an_old_cluster_file_still_works() {
+    let mut cluster = Cluster::start(3);
+    let file = cluster.cluster_file().to_path_buf();
+    let k = |args: &[&str]| kvctl(&file, args);
+
+    let listed = json_of(&k(&["-o", "json", "member", "list"]).ok());
+    let members = listed.as_array().expect("a list of members");
+    assert_eq!(members.len(), 3, "{listed}");
+    for m in members {
+        for field in ["id", "http", "raft", "role"] {
+            assert!(!m[field].is_null(), "{field} in {m}");
+        }
+        assert_eq!(m["role"], json!("voter"), "{m}");
+    }
+    let table = k(&["member", "ls"]).ok();
+    assert!(
+        table.contains("voter (leader)") && table.contains("3 voters, 0 learners"),
+        "{table}"
+    );
+
+    // Bad requests are refused with the server's reason and nothing changes.
+    let line = k(&["member", "promote", "9"]).fails(5);
+    assert!(line.contains("not a member"), "{line}");
+    let line = k(&[
+        "member",
+        "add",
+        "1",
+        "--http",
+        "127.0.0.1:1",
+        "--raft",
+        "127.0.0.1:2",
+    ])
+    .fails(5);
+    assert!(line.contains("already"), "{line}");
+    let line = k(&["member", "add", "5", "--http", "nowhere", "--raft", "127.0.0.1:2"]).fails(2);
+    assert!(line.contains("--http"), "{line}");
+
+    // A new node joins as a learner, is promoted once it has caught up, and leads on request.
+    k(&["put", "k", "\"before\""]).ok();
+    cluster.join(3, &[0]);
+    cluster.wait_for_members(0, &[0, 1, 2], &[3], Duration::from_secs(30));
+    let status = k(&["status"]).ok();
+    assert!(status.contains("Learners: node 3"), "{status}");
+    assert!(status.contains("Not in the cluster file: node 3"), "{status}");
+    poll(Duration::from_secs(30), "node 3 to be promoted", || {
+        let run = k(&["member", "promote", "3"]);
+        (run.code == 0).then_some(run.stdout)
+    });
+    let out = k(&["leader", "transfer", "3"]).ok();
+    assert!(out.contains("node 3 leads now"), "{out}");
+    assert_eq!(cluster.wait_for_leader(Duration::from_secs(20)), 3);
+
+    // Node 0 goes: the file lists it and not node 3, yet kvctl finds the cluster.
+    let out = k(&["member", "remove", "0"]).ok();
+    assert!(out.contains("node 0 is no longer a member"), "{out}");
+    cluster.retire(0);
+    cluster.wait_for_members(3, &[1, 2, 3], &[], Duration::from_secs(30));
+    k(&["put", "k", "\"after\""]).ok();
+    assert_eq!(k(&["get", "k"]).ok(), "\"after\"\n");
+    let status = k(&["status"]).ok();
+    assert!(status.contains("Not members of the cluster: node 0"), "{status}");
+    let ids: Vec<u64> = json_of(&k(&["-o", "json", "member", "list"]).ok())
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+}

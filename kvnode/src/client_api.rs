@@ -17,18 +17,19 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 
 use kvapi::precondition::{etag, IF_MATCH_HEADER, IF_NONE_MATCH_HEADER};
 use kvapi::{
-    Consistency, ErrorCode, GetResponse, KeysResponse, Precondition, WriteKind, WriteResponse,
-    DEFAULT_KEYS_LIMIT, IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES,
-    REPLAYED_HEADER,
+    AddMemberBody, Consistency, ErrorCode, GetResponse, KeysResponse, Precondition, TransferLeaderBody,
+    UpdateMemberBody, WriteKind, WriteResponse, DEFAULT_KEYS_LIMIT, IDEMPOTENCY_HEADER,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES, REPLAYED_HEADER,
 };
 
 use crate::error::{ApiError, NodeError};
+use crate::membership::{AdminReply, AdminRequest};
 use crate::node::Node;
 use crate::state::{KvState, IDEMPOTENCY_TTL_MS};
 use crate::types::{Command, Condition, IdemKey, LogIndex, Op, OpOutcome, OpReply};
@@ -44,6 +45,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/keys/{*key}", get(get_key).post(write_key).delete(delete_key))
         .route("/watch", get(crate::watch::watch))
         .route("/admin/status", get(status))
+        .route("/admin/members", get(list_members).post(add_member))
+        .route(
+            "/admin/members/{id}",
+            axum::routing::put(update_member).delete(remove_member),
+        )
+        .route("/admin/members/{id}/promote", post(promote_member))
+        .route("/admin/leader/transfer", post(transfer_leader))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
@@ -410,6 +418,75 @@ async fn list_keys(
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
     (StatusCode::OK, Json(node.status())).into_response()
+}
+
+/// A small JSON body of a membership request, parsed with the API's own errors.
+async fn admin_body<T: serde::de::DeserializeOwned>(body: Body, empty: Option<T>) -> Result<T> {
+    let bytes = read_body(body, 64 * 1024).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        if let Some(default) = empty {
+            return Ok(default);
+        }
+    }
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("the body is not valid JSON: {e}")))?;
+    serde_json::from_value(doc).map_err(|e| ApiError::invalid(format!("the body does not fit: {e}")))
+}
+
+fn member_id(raw: &str) -> Result<crate::types::NodeId> {
+    raw.parse()
+        .map_err(|_| ApiError::invalid(format!("{raw:?} is not a node id (a whole number)")))
+}
+
+async fn admin(node: &Node, request: AdminRequest) -> Result<Response> {
+    let reply = node.admin(request).await.map_err(|e| {
+        let mut api = ApiError::from(e);
+        api.leader = api.leader.or_else(|| node.leader_ref());
+        api
+    })?;
+    Ok(match reply {
+        AdminReply::Members(m) => Json(m).into_response(),
+        AdminReply::Transferred(t) => Json(t).into_response(),
+        AdminReply::Admitted(_) => ApiError::new(ErrorCode::Internal, "unexpected admission").into_response(),
+    })
+}
+
+async fn list_members(State(node): State<Arc<Node>>) -> Result<Response> {
+    admin(&node, AdminRequest::List).await
+}
+
+async fn add_member(State(node): State<Arc<Node>>, body: Body) -> Result<Response> {
+    let body: AddMemberBody = admin_body(body, None).await?;
+    admin(&node, AdminRequest::Add(body)).await
+}
+
+async fn update_member(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Body,
+) -> Result<Response> {
+    let id = member_id(&id)?;
+    let body: UpdateMemberBody = admin_body(body, None).await?;
+    admin(&node, AdminRequest::Update(id, body)).await
+}
+
+async fn remove_member(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response> {
+    admin(&node, AdminRequest::Remove(member_id(&id)?)).await
+}
+
+async fn promote_member(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response> {
+    admin(&node, AdminRequest::Promote(member_id(&id)?)).await
+}
+
+async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Result<Response> {
+    let body: TransferLeaderBody = admin_body(body, Some(TransferLeaderBody::default())).await?;
+    admin(&node, AdminRequest::TransferLeader(body.to)).await
 }
 
 #[cfg(test)]

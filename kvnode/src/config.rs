@@ -1,4 +1,11 @@
 //! A node's settings, validated, whichever way they were given on the command line.
+//!
+//! A node starts in one of two ways. With a *seed* (a cluster file, or the assignment's
+//! positional addresses) it knows the members a new cluster starts with: it forms that
+//! cluster with them, or, when it already exists, becomes part of it again. With `--join` it
+//! knows only where a running cluster answers, and asks to be added to it as a learner. Either
+//! way, after the first start the cluster's own membership (in its log) is what counts; the
+//! seed is only where the node first looks.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,10 +37,16 @@ pub struct NodeConfig {
     pub http_addr: String,
     /// Peer address (`host:port`), bound and advertised.
     pub raft_addr: String,
-    /// Every member (this node included): id and peer address.
-    pub members: Vec<(NodeId, String)>,
-    /// Fingerprint of the membership; stored in the data directory and sent with peer RPCs.
-    pub cluster: String,
+    /// The members a new cluster starts with (this node included), sorted by id; empty when
+    /// the node joins a running cluster instead.
+    pub seed: Vec<SeedMember>,
+    /// Fingerprint of the seed: nodes agree to form a cluster only with nodes that have the
+    /// same one (see `cluster`).
+    pub seed_fingerprint: String,
+    /// `--join`: client addresses of members of the running cluster to join.
+    pub join: Vec<String>,
+    /// `--force-new-cluster`: restart this node's data as a one-member cluster.
+    pub force_new_cluster: bool,
     /// Where the log, vote and snapshots live.
     pub data_dir: PathBuf,
     /// Largest accepted value (serialized JSON bytes).
@@ -56,26 +69,41 @@ pub struct NodeConfig {
     pub watch_history: crate::history::HistoryLimits,
 }
 
+/// One member of the seed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SeedMember {
+    /// Its id.
+    pub id: NodeId,
+    /// Its peer address.
+    pub raft: String,
+    /// Its client address, when the seed says it (cluster files do, the positional form only
+    /// for this node).
+    pub http: Option<String>,
+}
+
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
 impl NodeConfig {
-    /// Settings with defaults for node `id` of the given membership.
-    fn with_defaults(
-        id: NodeId,
-        http_addr: String,
-        raft_addr: String,
-        members: Vec<(NodeId, String)>,
-    ) -> Self {
-        let cluster = fingerprint(&members);
+    /// Settings with defaults for node `id` of the given seed.
+    fn with_defaults(id: NodeId, http_addr: String, raft_addr: String, mut seed: Vec<SeedMember>) -> Self {
+        seed.sort();
+        let pairs: Vec<(NodeId, String)> = seed.iter().map(|m| (m.id, m.raft.clone())).collect();
+        let seed_fingerprint = if seed.is_empty() {
+            String::new()
+        } else {
+            fingerprint(&pairs)
+        };
         NodeConfig {
             id,
             http_addr,
             raft_addr,
-            members,
-            cluster,
+            seed,
+            seed_fingerprint,
+            join: Vec::new(),
+            force_new_cluster: false,
             data_dir: PathBuf::from(format!("data/node{id}")),
             max_value_bytes: kvapi::DEFAULT_MAX_VALUE_BYTES,
             leader_wait: kvapi::DEFAULT_LEADER_WAIT,
@@ -103,8 +131,39 @@ impl NodeConfig {
                 ids.join(", ")
             ))
         })?;
-        let members = file.node.iter().map(|n| (n.id, n.raft.clone())).collect();
-        Ok(Self::with_defaults(id, me.http.clone(), me.raft.clone(), members))
+        let seed = file
+            .node
+            .iter()
+            .map(|n| SeedMember {
+                id: n.id,
+                raft: n.raft.clone(),
+                http: Some(n.http.clone()),
+            })
+            .collect();
+        Ok(Self::with_defaults(id, me.http.clone(), me.raft.clone(), seed))
+    }
+
+    /// `--join`: node `id` listening on `http` and `raft`, to be added to the cluster that
+    /// answers at one of the client addresses `join`.
+    pub fn for_join(id: NodeId, http: &str, raft: &str, join: &[String]) -> Result<Self, ConfigError> {
+        check_host_port(http).map_err(|e| ConfigError(format!("--http {http:?} {e}")))?;
+        check_host_port(raft).map_err(|e| ConfigError(format!("--raft {raft:?} {e}")))?;
+        if http == raft {
+            return Err(ConfigError(
+                "--http and --raft must be different addresses".into(),
+            ));
+        }
+        if join.is_empty() {
+            return Err(ConfigError(
+                "--join needs at least one client address of a member of the cluster".into(),
+            ));
+        }
+        for a in join {
+            check_host_port(a).map_err(|e| ConfigError(format!("--join address {a:?} {e}")))?;
+        }
+        let mut config = Self::with_defaults(id, http.to_string(), raft.to_string(), Vec::new());
+        config.join = join.to_vec();
+        Ok(config)
     }
 
     /// The assignment's form: this node's HTTP port, its Raft address, the others' Raft
@@ -121,26 +180,26 @@ impl NodeConfig {
         if all.windows(2).any(|w| w[0] == w[1]) {
             return Err(ConfigError("a Raft address is listed twice".into()));
         }
-        let members: Vec<(NodeId, String)> = all
+        let id = all
             .iter()
-            .enumerate()
-            .map(|(i, a)| (i as NodeId, a.clone()))
-            .collect();
-        let id = members
-            .iter()
-            .find(|(_, a)| a == raft)
-            .map(|(i, _)| *i)
+            .position(|a| a == raft)
+            .map(|i| i as NodeId)
             .ok_or_else(|| ConfigError("own raft address missing".into()))?;
         let host = raft.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
         if http_port == 0 {
             return Err(ConfigError("the HTTP port must be 1-65535".into()));
         }
-        Ok(Self::with_defaults(
-            id,
-            format!("{host}:{http_port}"),
-            raft.to_string(),
-            members,
-        ))
+        let http = format!("{host}:{http_port}");
+        let seed = all
+            .iter()
+            .enumerate()
+            .map(|(i, a)| SeedMember {
+                id: i as NodeId,
+                raft: a.clone(),
+                http: (i as NodeId == id).then(|| http.clone()),
+            })
+            .collect();
+        Ok(Self::with_defaults(id, http, raft.to_string(), seed))
     }
 
     /// Check the settings fit together.
@@ -166,7 +225,8 @@ impl NodeConfig {
     }
 }
 
-/// A short, stable name for a membership: FNV-1a over the sorted `(id, raft address)` pairs.
+/// A short, stable name for a member list: FNV-1a over the sorted `(id, raft address)` pairs.
+/// It names a seed; clusters formed before cluster ids existed also use it as their id.
 pub fn fingerprint(members: &[(NodeId, String)]) -> String {
     let mut sorted = members.to_vec();
     sorted.sort();
@@ -197,8 +257,9 @@ mod tests {
         .expect("valid");
         assert_eq!(a.id, 0);
         assert_eq!(c.id, 2);
-        assert_eq!(a.cluster, c.cluster);
-        assert_eq!(a.members, c.members);
+        assert_eq!(a.seed_fingerprint, c.seed_fingerprint);
+        let ids = |c: &NodeConfig| c.seed.iter().map(|m| (m.id, m.raft.clone())).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&c));
         assert_eq!(a.http_addr, "127.0.0.1:8080");
     }
 
@@ -207,5 +268,33 @@ mod tests {
         assert!(NodeConfig::from_positional(8080, "nonsense", &[]).is_err());
         assert!(NodeConfig::from_positional(8080, "h:1", &["h:1".into()]).is_err());
         assert!(NodeConfig::from_positional(0, "h:1", &[]).is_err());
+    }
+
+    #[test]
+    fn the_seed_fingerprint_is_the_one_clusters_were_named_by_before_cluster_ids() {
+        // A directory of a cluster formed before cluster ids records this fingerprint as its
+        // cluster; it must not change (see `store::Identity`).
+        let c = NodeConfig::from_positional(
+            8080,
+            "127.0.0.1:6000",
+            &["127.0.0.1:6001".into(), "127.0.0.1:6002".into()],
+        )
+        .expect("valid");
+        let pairs: Vec<(NodeId, String)> = (0..3).map(|i| (i, format!("127.0.0.1:600{i}"))).collect();
+        assert_eq!(c.seed_fingerprint, fingerprint(&pairs));
+        assert_eq!(
+            fingerprint(&pairs),
+            "02ae3703214e962e",
+            "the stored format of old clusters"
+        );
+    }
+
+    #[test]
+    fn join_settings_are_checked() {
+        let ok = NodeConfig::for_join(3, "h:1", "h:2", &["h:8080".into()]).expect("valid");
+        assert!(ok.seed.is_empty() && ok.seed_fingerprint.is_empty());
+        assert!(NodeConfig::for_join(3, "h:1", "h:1", &["h:8080".into()]).is_err());
+        assert!(NodeConfig::for_join(3, "h:1", "h:2", &[]).is_err());
+        assert!(NodeConfig::for_join(3, "nope", "h:2", &["h:8080".into()]).is_err());
     }
 }

@@ -123,6 +123,20 @@ impl ApiError {
     }
 }
 
+impl From<crate::membership::AdminError> for ApiError {
+    /// The one mapping of membership failures to codes (and so to statuses).
+    fn from(e: crate::membership::AdminError) -> Self {
+        use crate::membership::AdminError;
+        match e {
+            AdminError::Node(e) => ApiError::from_node(e, None),
+            AdminError::NotFound(m) => ApiError::new(ErrorCode::MemberNotFound, m),
+            AdminError::Conflict(m) => ApiError::new(ErrorCode::MemberConflict, m),
+            AdminError::Behind(m) => ApiError::new(ErrorCode::LearnerBehind, m),
+            AdminError::Invalid(m) => ApiError::invalid(m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =

@@ -37,15 +37,16 @@
 //!
 //! ```text
 //! DATA_DIR/
-//!   node.json    who the directory belongs to (node id, cluster)       store
+//!   node.json    who the directory belongs to (node id, cluster id)    store
 //!   log/         log entries, vote, purge point, commit hint           the kvlog crate
 //!   snapshots/   the newest snapshot of the state machine              store::snapshot
 //! ```
 //!
 //! # Around it
 //!
-//! [`cluster`] forms a new cluster and holds the voting rules; [`server`] starts, serves and
-//! stops a node; [`config`] is its validated settings; [`error`] maps failures to HTTP
+//! [`cluster`] names clusters, forms a new one, admits nodes that have no data and holds the
+//! voting rules; [`membership`] changes the members (learners, promotion, removal, leader
+//! transfer); [`server`] starts, serves and stops a node; [`config`] is its validated settings; [`error`] maps failures to HTTP
 //! answers; [`wire`] is everything that crosses the peer port.
 //!
 //! # Operations
@@ -61,6 +62,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod idem;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod ops_api;

@@ -19,7 +19,7 @@ use kvnode::NodeConfig;
 
 /// One node of a fault-tolerant key/value cluster (Raft).
 ///
-/// Two ways to start a node:
+/// Three ways to start a node:
 ///
 ///   kvnode 8080 127.0.0.1:6000 127.0.0.1:6001 127.0.0.1:6002
 ///       this node's HTTP port, its Raft address, the other nodes' Raft addresses
@@ -27,13 +27,20 @@ use kvnode::NodeConfig;
 ///   kvnode --cluster cluster.toml --id 0 [--data-dir DIR]
 ///       node 0 of the cluster described by a cluster file
 ///
+///   kvnode --join 127.0.0.1:8080 --id 3 --http 127.0.0.1:8083 --raft 127.0.0.1:6003
+///       a new node that joins a running cluster as a learner (any member's client address;
+///       promote it with `kvctl member promote 3` once it has caught up)
+///
 /// And one to make a node of a new cluster from a backup (see kvnode restore --help):
 ///
 ///   kvnode restore FILE --cluster cluster.toml --id 0 --data-dir DIR
 ///
-/// A new cluster forms by itself once every node is started. Logs go to stderr, as text or
-/// JSON lines (--log-format); RUST_LOG overrides the default level (info). Exit codes: 0 clean
-/// shutdown, 1 failure, 2 bad usage.
+/// A new cluster forms by itself once a majority of the listed nodes is started; the others
+/// are admitted when they start. A node that lost its data rejoins by itself (as a learner
+/// first, promoted back once it has caught up). When a majority is gone for good,
+/// --force-new-cluster restarts a survivor as a one-member cluster with its data. Logs go to
+/// stderr, as text or JSON lines (--log-format); RUST_LOG overrides the default level (info).
+/// Exit codes: 0 clean shutdown, 1 failure, 2 bad usage.
 #[derive(Parser, Debug)]
 #[command(name = "kvnode", version, verbatim_doc_comment)]
 struct Cli {
@@ -49,13 +56,33 @@ struct Cli {
     #[arg(value_name = "PEER_RAFT_ADDR")]
     peers: Vec<String>,
 
-    /// Cluster file (TOML, one [[node]] table per node with id, http, raft).
-    #[arg(long, value_name = "FILE", requires = "id")]
+    /// Cluster file (TOML, one [[node]] table per node with id, http, raft): where a new
+    /// cluster starts and where this node first looks for the running one.
+    #[arg(long, value_name = "FILE", requires = "id", conflicts_with = "join")]
     cluster: Option<PathBuf>,
 
-    /// This node's id in the cluster file.
-    #[arg(long, value_name = "N", requires = "cluster")]
+    /// This node's id (in the cluster file, or a new id with --join).
+    #[arg(long, value_name = "N")]
     id: Option<u64>,
+
+    /// Join a running cluster: client addresses (host:port) of any of its members,
+    /// comma-separated. The node is added as a learner and catches up.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',', requires_all = ["id", "http", "raft"])]
+    join: Vec<String>,
+
+    /// This node's client address, host:port (with --join).
+    #[arg(long, value_name = "HOST:PORT", requires = "join")]
+    http: Option<String>,
+
+    /// This node's peer (Raft) address, host:port (with --join).
+    #[arg(long, value_name = "HOST:PORT", requires = "join")]
+    raft: Option<String>,
+
+    /// Disaster recovery when a majority of the cluster is gone for good: restart this node
+    /// as the only member of a NEW cluster (new cluster id) with all its data, committing
+    /// whatever its log holds. The old members are not part of it. Remove the flag after.
+    #[arg(long)]
+    force_new_cluster: bool,
 
     /// Data directory [default: data/node<ID>].
     #[arg(long, value_name = "DIR")]
@@ -154,21 +181,29 @@ struct RestoreCli {
 
 impl Cli {
     fn into_config(self) -> Result<NodeConfig, String> {
-        let mut config = match (self.http_port, &self.cluster, self.id) {
-            (Some(port), None, None) => {
+        let mut config = match (self.http_port, &self.cluster, self.id, self.join.is_empty()) {
+            (Some(port), None, None, true) => {
                 let raft = self.raft_addr.as_deref().ok_or("missing RAFT_ADDR")?;
                 NodeConfig::from_positional(port, raft, &self.peers).map_err(|e| e.to_string())?
             }
-            (None, Some(path), Some(id)) => {
+            (None, Some(path), Some(id), true) => {
                 let file = ClusterFile::load(path).map_err(|e| e.to_string())?;
                 NodeConfig::from_cluster_file(&file, id).map_err(|e| e.to_string())?
             }
+            (None, None, Some(id), false) => {
+                let http = self.http.as_deref().ok_or("--join needs --http")?;
+                let raft = self.raft.as_deref().ok_or("--join needs --raft")?;
+                NodeConfig::for_join(id, http, raft, &self.join).map_err(|e| e.to_string())?
+            }
             _ => {
                 return Err(
-                    "give either HTTP_PORT RAFT_ADDR [PEERS...] or --cluster FILE --id N (see --help)".into(),
+                    "give HTTP_PORT RAFT_ADDR [PEERS...], or --cluster FILE --id N, or \
+                     --join ADDR --id N --http HOST:PORT --raft HOST:PORT (see --help)"
+                        .into(),
                 )
             }
         };
+        config.force_new_cluster = self.force_new_cluster;
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
         }
@@ -294,11 +329,12 @@ fn restore_main(args: &[std::ffi::OsString]) -> ExitCode {
         Ok(r) => {
             let members: Vec<String> = r.members.iter().map(u64::to_string).collect();
             println!(
-                "restored {} keys at index {} into {} as node {} of a new cluster of nodes {}",
+                "restored {} keys at index {} into {} as node {} of new cluster {} (nodes {})",
                 r.keys,
                 r.index,
                 cli.data_dir.display(),
                 cli.id,
+                r.cluster,
                 members.join(", ")
             );
             println!(

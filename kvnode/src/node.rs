@@ -18,6 +18,8 @@
 //! A leader that has lost its majority answers at once with `no_quorum` rather than letting
 //! requests wait: openraft refuses its writes once its lease has run out, and its read-index
 //! rounds fail after one lease.
+//!
+//! Membership requests (`membership`) take the same road to the leader.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,7 @@ use tracing::warn;
 use kvapi::{FollowerProgress, LeaderRef, Member, Role, Status};
 
 use crate::batcher::Batcher;
+use crate::cluster::ClusterCell;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::peer_client::{PeerClient, PeerError};
@@ -53,13 +56,17 @@ pub struct Node {
     pub config: NodeConfig,
     /// Pooled peer client.
     pub peers: PeerClient,
+    /// The cluster this node belongs to (see `cluster`).
+    pub cluster: ClusterCell,
+    /// Held by the leader while it makes one membership change (see `membership`).
+    pub(crate) admin_lock: tokio::sync::Mutex<()>,
     batcher: Batcher,
 }
 
 /// The retry state of one routed request: a deadline for finding a leader, and the error to
 /// give if it passes.
-struct Routing {
-    started: Instant,
+pub(crate) struct Routing {
+    pub(crate) started: Instant,
     deadline: Instant,
     last: Option<NodeError>,
     /// Set once an attempt of a write may have been applied (its answer was lost): from then
@@ -112,6 +119,7 @@ impl Node {
         sm: StateMachineStore,
         started_pristine: bool,
         peers: PeerClient,
+        cluster: ClusterCell,
     ) -> Node {
         let batcher = Batcher::start(raft.clone(), config.batch);
         Node {
@@ -121,15 +129,17 @@ impl Node {
             started_pristine,
             config,
             peers,
+            cluster,
+            admin_lock: tokio::sync::Mutex::new(()),
             batcher,
         }
     }
 
-    fn leader(&self) -> Option<NodeId> {
+    pub(crate) fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
     }
 
-    fn raft_addr_of(&self, id: NodeId) -> Option<String> {
+    pub(crate) fn raft_addr_of(&self, id: NodeId) -> Option<String> {
         let known = self
             .raft
             .metrics()
@@ -140,10 +150,10 @@ impl Node {
             .map(|(_, n)| n.raft.clone());
         known.or_else(|| {
             self.config
-                .members
+                .seed
                 .iter()
-                .find(|(i, _)| *i == id)
-                .map(|(_, a)| a.clone())
+                .find(|m| m.id == id)
+                .map(|m| m.raft.clone())
         })
     }
 
@@ -161,7 +171,7 @@ impl Node {
     }
 
     /// Wait until the metrics change or `until` passes; false when the deadline passed.
-    async fn wait_for_change(&self, until: Instant) -> bool {
+    pub(crate) async fn wait_for_change(&self, until: Instant) -> bool {
         let now = Instant::now();
         if now >= until {
             return false;
@@ -175,11 +185,11 @@ impl Node {
     }
 
     /// How long a leader's lease lasts: one maximal election timeout.
-    fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         Duration::from_millis(self.config.election_max_ms)
     }
 
-    fn routing(&self) -> Routing {
+    pub(crate) fn routing(&self) -> Routing {
         let started = Instant::now();
         Routing {
             started,
@@ -192,7 +202,11 @@ impl Node {
     /// After an attempt that did nothing (remembering `error`, if any, in case time runs out):
     /// wait until the cluster changes, or give up once `leader_wait` has passed. Writes and
     /// read-index requests share this loop.
-    async fn retry(&self, routing: &mut Routing, error: Option<NodeError>) -> Result<(), NodeError> {
+    pub(crate) async fn retry(
+        &self,
+        routing: &mut Routing,
+        error: Option<NodeError>,
+    ) -> Result<(), NodeError> {
         routing.last = error.or(routing.last.take());
         if self.wait_for_change(routing.deadline).await {
             return Ok(());
@@ -377,16 +391,16 @@ impl Node {
             ServerState::Learner => Role::Learner,
             ServerState::Shutdown => Role::Shutdown,
         };
-        let mut members: Vec<Member> = m
-            .membership_config
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let (members, learners): (Vec<Member>, Vec<Member>) = membership
             .nodes()
             .map(|(id, n)| Member {
                 id: *id,
                 http: n.http.clone(),
                 raft: n.raft.clone(),
             })
-            .collect();
-        members.sort_by_key(|mb| mb.id);
+            .partition(|mb| voters.contains(&mb.id));
         let last = m.last_log_index.unwrap_or(0);
         let followers = m.replication.as_ref().map(|r| {
             r.iter()
@@ -413,6 +427,8 @@ impl Node {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             members,
+            learners,
+            cluster_id: self.cluster.id(),
             followers,
             keys,
         }

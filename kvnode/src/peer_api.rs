@@ -3,8 +3,11 @@
 //! Clients never see these routes; they listen on the node's separate Raft address so tests (and
 //! firewalls) can cut peer traffic while clients still reach the node. Every request must name
 //! this node and this cluster (see `peer_client`); a mismatch is answered 421 before anything
-//! is processed. Failures are answered with an error status and a body that says why, never
-//! with 200. Bodies are binary (see `wire`).
+//! is processed. A node without a cluster id yet (waiting to form a cluster or to be admitted,
+//! see `cluster`) answers only probes and formation offers, and refuses everything else with
+//! 421: a node that lost its data must not take part in Raft before the cluster has re-admitted
+//! it. Failures are answered with an error status and a body that says why, never with 200.
+//! Bodies are binary (see `wire`).
 
 use std::sync::Arc;
 
@@ -23,12 +26,14 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cluster;
 use crate::error::NodeError;
+use crate::membership::AdminRequest;
 use crate::node::Node;
 use crate::store::sm::Snapshot;
 use crate::store::snapshot::SnapshotFile;
 use crate::types::TypeConfig;
 use crate::wire::{
-    self, route, ForwardWrite, ReadIndex, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE, TARGET_HEADER,
+    self, route, Admit, Adopt, ForwardWrite, ReadIndex, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE,
+    TARGET_HEADER,
 };
 
 /// The peer router of `node`.
@@ -41,6 +46,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(route::SNAPSHOT, post(snapshot))
         .route(route::TRANSFER_LEADER, post(transfer_leader))
         .route(route::PROBE, post(probe))
+        .route(route::ADOPT, post(adopt))
+        .route(route::ADMIT, post(admit))
+        .route(route::FORWARD_ADMIN, post(forward_admin))
         .route(route::FORWARD_WRITE, post(forward_write))
         .route(route::FORWARD_READ_INDEX, post(forward_read_index))
         .layer(middleware::from_fn_with_state(node.clone(), check_identity))
@@ -58,12 +66,26 @@ async fn check_identity(State(node): State<Arc<Node>>, req: Request, next: Next)
         };
         (header(TARGET_HEADER), header(CLUSTER_HEADER))
     };
-    if cluster.as_deref() != Some(node.config.cluster.as_str()) {
-        let msg = format!(
-            "cluster mismatch: this node belongs to cluster {}, the request to {:?}",
-            node.config.cluster, cluster
-        );
-        return (StatusCode::MISDIRECTED_REQUEST, msg).into_response();
+    // Probes and formation offers come from nodes that have no cluster yet.
+    let open = matches!(req.uri().path(), route::PROBE | route::ADOPT);
+    if !open {
+        match node.cluster.id() {
+            None => {
+                let msg = format!(
+                    "node {} belongs to no cluster yet (it waits to form one or to be admitted): \
+                     it takes no part in Raft before",
+                    node.id
+                );
+                return (StatusCode::MISDIRECTED_REQUEST, msg).into_response();
+            }
+            Some(mine) if cluster.as_deref() != Some(mine.as_str()) => {
+                let msg = format!(
+                    "cluster mismatch: this node belongs to cluster {mine}, the request to {cluster:?}"
+                );
+                return (StatusCode::MISDIRECTED_REQUEST, msg).into_response();
+            }
+            Some(_) => {}
+        }
     }
     if target != Some(node.id.to_string()) {
         let msg = format!(
@@ -312,6 +334,46 @@ async fn install_snapshot(node: &Node, header: SnapshotHeader, path: &std::path:
 
 async fn probe(State(node): State<Arc<Node>>) -> Response {
     binary(&cluster::probe(&node))
+}
+
+async fn adopt(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let offer: Adopt = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match cluster::adopt(&node, &offer) {
+        Ok(()) => binary(&()),
+        Err(e) => refuse(StatusCode::CONFLICT, e),
+    }
+}
+
+/// Answer a membership result: the value, or the error (which the sender decodes) with 503.
+fn admin_answer<T: Serialize>(result: Result<T, crate::membership::AdminError>) -> Response {
+    match result {
+        Ok(v) => binary(&v),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", CONTENT_TYPE)],
+            wire::encode(&e),
+        )
+            .into_response(),
+    }
+}
+
+async fn admit(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let request: Admit = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    admin_answer(cluster::admit(&node, request).await)
+}
+
+async fn forward_admin(State(node): State<Arc<Node>>, body: Body) -> Response {
+    let request: AdminRequest = match decoded(body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    admin_answer(node.admin_as_leader(request).await)
 }
 
 async fn forward_write(State(node): State<Arc<Node>>, body: Body) -> Response {

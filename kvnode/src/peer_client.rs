@@ -1,8 +1,14 @@
 //! Outgoing peer traffic: Raft RPCs and forwarded client requests, over one pooled HTTP client.
 //!
 //! Every request names the node it is meant for and the cluster it belongs to (headers
-//! `x-kv-target` and `x-kv-cluster`); the receiver refuses a mismatch, so a stale address or a
-//! node of another cluster can never join in by accident. Bodies are binary (see `wire`).
+//! `x-kv-target` and `x-kv-cluster`, the latter the cluster's id, see `cluster`); the receiver
+//! refuses a mismatch, so a stale address or a node of another cluster can never join in by
+//! accident. A node learns its cluster id when the cluster forms or admits it, so the header
+//! is read from a shared cell at each request. Bodies are binary (see `wire`).
+//!
+//! Where a peer listens is read from the current membership at each connection (an address
+//! book the node keeps up to date), not from the address openraft knew when it set up the
+//! replication to it: `kvctl member update` then takes effect at the next connection.
 //!
 //! Failures are sorted by what they mean for a write: [`PeerError::NotSent`] (the connection was
 //! never made, so the request certainly did nothing) versus [`PeerError::Unknown`] (it may have
@@ -20,7 +26,9 @@
 //! split into parts of at most [`MAX_APPEND_BYTES`], and each answer is awaited for a base plus
 //! the part's size at a conservative transfer rate; a snapshot likewise.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -90,7 +98,16 @@ pub enum PeerError {
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    cluster: String,
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a [`PeerClient`] sees alike.
+#[derive(Default)]
+struct Shared {
+    /// This node's cluster id, sent with every request.
+    cluster: RwLock<Option<String>>,
+    /// Peer addresses by node id, from the current membership.
+    addresses: RwLock<HashMap<NodeId, String>>,
 }
 
 /// An open replication stream (see `wire::stream`).
@@ -100,15 +117,113 @@ struct StreamConn {
 }
 
 impl PeerClient {
-    /// A client for the cluster with this fingerprint.
-    pub fn new(cluster: String) -> Result<Self, reqwest::Error> {
+    /// A client for a node of cluster `cluster` (`None`: it has none yet).
+    pub fn new(cluster: Option<String>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
             .no_proxy()
             .build()?;
-        Ok(PeerClient { http, cluster })
+        let shared = Shared {
+            cluster: RwLock::new(cluster),
+            addresses: RwLock::default(),
+        };
+        Ok(PeerClient {
+            http,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The cluster id sent with requests.
+    pub fn cluster(&self) -> Option<String> {
+        self.shared
+            .cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Change the cluster id sent with requests.
+    pub fn set_cluster(&self, cluster: Option<String>) {
+        *self.shared.cluster.write().unwrap_or_else(|p| p.into_inner()) = cluster;
+    }
+
+    /// Replace the address book (peer addresses by node id).
+    pub fn set_addresses(&self, addresses: HashMap<NodeId, String>) {
+        *self.shared.addresses.write().unwrap_or_else(|p| p.into_inner()) = addresses;
+    }
+
+    /// Where node `id` listens, by the address book.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.shared
+            .addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// GET a JSON document from another node's client API (`http://{addr}{path}`).
+    pub async fn get_client_api<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let resp = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::NotSent {
+                addr: addr.to_string(),
+                reason: error_chain(&e),
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| PeerError::Unknown {
+            addr: addr.to_string(),
+            reason: error_chain(&e),
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(PeerError::Remote {
+                addr: addr.to_string(),
+                status,
+                body: body.to_vec(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| PeerError::Unknown {
+            addr: addr.to_string(),
+            reason: format!("unreadable answer: {e}"),
+        })
+    }
+
+    /// [`PeerClient::post`] with `cluster` in the cluster header instead of this node's own:
+    /// how a node without a cluster asks a member to admit it.
+    pub async fn post_as<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        cluster: &str,
+        addr: &str,
+        target: NodeId,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let bytes = self
+            .send(
+                Some(cluster),
+                addr,
+                target,
+                path,
+                reqwest::Body::from(wire::encode(body)),
+                timeout,
+            )
+            .await?;
+        wire::decode(&bytes).map_err(|e| PeerError::Unknown {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// POST a MessagePack-encoded `body` to node `target` at `addr` and decode a 2xx answer.
@@ -144,30 +259,44 @@ impl PeerClient {
         body: reqwest::Body,
         timeout: Duration,
     ) -> Result<Vec<u8>, PeerError> {
+        let cluster = self.cluster();
+        self.send(cluster.as_deref(), addr, target, path, body, timeout)
+            .await
+    }
+
+    async fn send(
+        &self,
+        cluster: Option<&str>,
+        addr: &str,
+        target: NodeId,
+        path: &str,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
         let unknown = |reason: String| PeerError::Unknown {
             addr: addr.to_string(),
             reason,
         };
-        let resp = self
+        let mut request = self
             .http
             .post(format!("http://{addr}{path}"))
             .header(TARGET_HEADER, target.to_string())
-            .header(CLUSTER_HEADER, &self.cluster)
             .header("content-type", CONTENT_TYPE)
             .timeout(timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    PeerError::NotSent {
-                        addr: addr.to_string(),
-                        reason: error_chain(&e),
-                    }
-                } else {
-                    unknown(error_chain(&e))
+            .body(body);
+        if let Some(cluster) = cluster {
+            request = request.header(CLUSTER_HEADER, cluster);
+        }
+        let resp = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                PeerError::NotSent {
+                    addr: addr.to_string(),
+                    reason: error_chain(&e),
                 }
-            })?;
+            } else {
+                unknown(error_chain(&e))
+            }
+        })?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| unknown(error_chain(&e)))?;
         if !(200..300).contains(&status) {
@@ -227,8 +356,9 @@ pub struct PeerConn {
     client: PeerClient,
     target: NodeId,
     node: NodeInfo,
-    /// The replication stream of the last session, when it ended cleanly.
-    idle: Option<StreamConn>,
+    /// The replication stream of the last session, when it ended cleanly, and the address it
+    /// is connected to.
+    idle: Option<(String, StreamConn)>,
     /// When opening a replication stream last failed. openraft starts its backoff only once
     /// its core has seen the error; until then its replication task asks for a new stream at
     /// once, thousands of times in a fraction of a second when a follower has just died.
@@ -248,9 +378,15 @@ fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
 }
 
 impl PeerConn {
+    /// Where the peer listens now: the address book, else what openraft was given.
+    fn addr(&self) -> String {
+        self.client
+            .address_of(self.target)
+            .unwrap_or_else(|| self.node.raft.clone())
+    }
+
     /// Open a replication stream: a TCP connection upgraded by `POST /raft/stream`.
-    async fn open_stream(&self) -> Result<StreamConn, PeerError> {
-        let addr = self.node.raft.as_str();
+    async fn open_stream(&self, addr: &str) -> Result<StreamConn, PeerError> {
         let not_sent = |reason: String| PeerError::NotSent {
             addr: addr.to_string(),
             reason,
@@ -262,12 +398,16 @@ impl PeerConn {
         let _ = tcp.set_nodelay(true);
         let (read, mut writer) = tcp.into_split();
         let mut reader = BufReader::new(read);
+        let cluster = self
+            .client
+            .cluster()
+            .map(|c| format!("{CLUSTER_HEADER}: {c}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "POST {} HTTP/1.1\r\nhost: {addr}\r\n{TARGET_HEADER}: {}\r\n{CLUSTER_HEADER}: {}\r\n\
+            "POST {} HTTP/1.1\r\nhost: {addr}\r\n{TARGET_HEADER}: {}\r\n{cluster}\
              connection: upgrade\r\nupgrade: {}\r\ncontent-length: 0\r\n\r\n",
             route::STREAM,
             self.target,
-            self.client.cluster,
             wire::stream::PROTOCOL,
         );
         let handshake = async {
@@ -306,7 +446,7 @@ impl PeerConn {
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         self.client
-            .post(&self.node.raft, self.target, path, req, timeout)
+            .post(&self.addr(), self.target, path, req, timeout)
             .await
             .map_err(rpc_error)
     }
@@ -331,13 +471,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
+            let addr = self.addr();
             let conn = match self.idle.take() {
-                Some(conn) => conn,
-                None => {
+                // A stream to an address the peer no longer has is not worth reusing.
+                Some((at, conn)) if at == addr => conn,
+                _ => {
                     if let Some(failed) = self.last_open_failure {
                         tokio::time::sleep_until(failed + REOPEN_PAUSE).await;
                     }
-                    match self.open_stream().await {
+                    match self.open_stream(&addr).await {
                         Ok(conn) => {
                             self.last_open_failure = None;
                             conn
@@ -358,7 +500,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                 writer: Some(writer),
                 idle: &mut self.idle,
                 floor: option.hard_ttl(),
-                addr: self.node.raft.clone(),
+                addr,
             };
             let answers = futures_util::stream::unfold(session, |mut s| async move {
                 let answer = s.next_answer().await?;
@@ -377,7 +519,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let timeout = deadline_for(body.len() as u64, option.hard_ttl());
         let bytes = self
             .client
-            .post_raw(&self.node.raft, self.target, route::APPEND, body.into(), timeout)
+            .post_raw(&self.addr(), self.target, route::APPEND, body.into(), timeout)
             .await
             .map_err(rpc_error)?;
         let resp: AppendEntriesResponse<TypeConfig> =
@@ -427,9 +569,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let file = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
         let body = reqwest::Body::wrap_stream(futures_util::StreamExt::chain(head, file));
         let timeout = deadline_for(len, option.hard_ttl()) + Duration::from_secs(10);
+        let addr = self.addr();
         let send = self
             .client
-            .post_raw(&self.node.raft, self.target, route::SNAPSHOT, body, timeout);
+            .post_raw(&addr, self.target, route::SNAPSHOT, body, timeout);
         let bytes = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = send => r.map_err(|e| match rpc_error(e) {
@@ -478,7 +621,7 @@ struct Session<'s> {
     sent: mpsc::UnboundedReceiver<(usize, u64)>,
     writer: Option<tokio::task::JoinHandle<std::io::Result<OwnedWriteHalf>>>,
     /// Where a cleanly finished stream is kept for the next session.
-    idle: &'s mut Option<StreamConn>,
+    idle: &'s mut Option<(String, StreamConn)>,
     floor: Duration,
     addr: String,
 }
@@ -500,7 +643,7 @@ impl Session<'_> {
             let writer = self.writer.take()?.await;
             return match writer {
                 Ok(Ok(writer)) => {
-                    *self.idle = Some(StreamConn { reader, writer });
+                    *self.idle = Some((self.addr.clone(), StreamConn { reader, writer }));
                     None
                 }
                 Ok(Err(e)) => Some(self.failed(format!("sending on the replication stream failed: {e}"))),

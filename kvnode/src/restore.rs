@@ -20,11 +20,8 @@
 //! purges up to it at startup) and with a membership, so no node tries to form a cluster
 //! (`cluster::form` sees Raft state) and the first election runs among the new members.
 //!
-//! Which cluster a data directory belongs to is decided by [`identity_for_new_cluster`], kept
-//! apart on purpose: today a cluster is known by a fingerprint of its member list, so a new
-//! cluster that reuses the old one's exact addresses would have the old fingerprint; once
-//! clusters get an id at formation, that function is the one place to give the restored
-//! cluster a fresh one.
+//! - The cluster id is new (see [`restored_cluster_id`]), so that a node of the old cluster
+//!   can never talk to, or be mistaken for, a node of the new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -84,16 +81,26 @@ pub struct Restored {
     pub keys: usize,
     /// Members of the new cluster.
     pub members: Vec<NodeId>,
+    /// The new cluster's id.
+    pub cluster: String,
 }
 
-/// The identity of a restored node's data directory: node `config.id` of the cluster that
-/// `config` describes. This is today's `Identity` (the member list's fingerprint); see the
-/// module documentation for why it is kept apart.
-pub fn identity_for_new_cluster(config: &NodeConfig) -> Identity {
-    Identity {
-        node_id: config.id,
-        cluster: config.cluster.clone(),
+/// The id of the cluster restored from a backup. Every node of the new cluster is restored
+/// separately and must end up with the same id, so it is derived from what they share: the
+/// backup's last log id and key count and the new cluster file's members and addresses. It
+/// differs from the old cluster's id (which was random), and restoring the same backup onto
+/// other addresses gives another cluster.
+pub fn restored_cluster_id(backup: &LogId, keys: usize, file: &ClusterFile) -> String {
+    use sha2::Digest;
+    let mut text = format!(
+        "restore term={} leader={} index={} keys={keys}",
+        backup.leader_id.term, backup.leader_id.node_id, backup.index
+    );
+    for n in &file.node {
+        text.push_str(&format!(" {}={},{}", n.id, n.http, n.raft));
     }
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Build, in `config.data_dir`, node `config.id`'s data directory of the new cluster described
@@ -118,17 +125,17 @@ pub async fn restore(
             path: backup.to_path_buf(),
             source,
         })?;
-    let index = old
+    let old_log_id = old
         .last_log_id
-        .map(|l| l.index)
         .ok_or_else(|| RestoreError::Empty(backup.to_path_buf()))?;
-    let meta = new_cluster_meta(index, file)?;
-    let members: Vec<NodeId> = file.node.iter().map(|n| n.id).collect();
+    let index = old_log_id.index;
     let keys = kv.len();
+    let cluster = restored_cluster_id(&old_log_id, keys, file);
+    let meta = new_cluster_meta(index, &cluster, file)?;
+    let members: Vec<NodeId> = file.node.iter().map(|n| n.id).collect();
 
-    let identity = identity_for_new_cluster(config);
-    let open_dir = dir.clone();
-    let data = tokio::task::spawn_blocking(move || DataDir::open(&open_dir, &identity))
+    let (open_dir, id) = (dir.clone(), config.id);
+    let data = tokio::task::spawn_blocking(move || DataDir::open(&open_dir, id))
         .await
         .map_err(|e| RestoreError::Write {
             path: dir.clone(),
@@ -147,16 +154,31 @@ pub async fn restore(
     let file = SnapshotFile::open(&temp).map_err(|e| write_error(e.into()))?;
     let mut sm = data.sm.clone();
     sm.install_snapshot(&meta, file).await.map_err(write_error)?;
-    let DataDir { log, sm: _ } = data;
+    let identity = Identity {
+        node_id: config.id,
+        cluster: Some(cluster.clone()),
+        joined: true,
+    };
+    identity.save(&dir).map_err(write_error)?;
+    let DataDir { log, .. } = data;
     tokio::task::spawn_blocking(move || drop(log))
         .await
         .map_err(|e| write_error(std::io::Error::other(e)))?;
-    Ok(Restored { index, keys, members })
+    Ok(Restored {
+        index,
+        keys,
+        members,
+        cluster,
+    })
 }
 
 /// The snapshot metadata of the new cluster: the backup's index at term 0, and the new
 /// members, all voters (see the module documentation).
-fn new_cluster_meta(index: LogIndex, file: &ClusterFile) -> Result<SnapshotMeta, RestoreError> {
+fn new_cluster_meta(
+    index: LogIndex,
+    cluster: &str,
+    file: &ClusterFile,
+) -> Result<SnapshotMeta, RestoreError> {
     let lowest = file
         .node
         .iter()
@@ -180,6 +202,8 @@ fn new_cluster_meta(index: LogIndex, file: &ClusterFile) -> Result<SnapshotMeta,
                 NodeInfo {
                     http: n.http.clone(),
                     raft: n.raft.clone(),
+                    cluster: cluster.to_string(),
+                    promote: false,
                 },
             )
         })
@@ -211,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_new_meta_keeps_the_index_and_names_the_new_members() {
-        let meta = new_cluster_meta(1234, &cluster()).expect("meta");
+        let meta = new_cluster_meta(1234, "c0ffee", &cluster()).expect("meta");
         let log_id = meta.last_log_id.expect("log id");
         assert_eq!(
             (log_id.index, log_id.leader_id.term, log_id.leader_id.node_id),
@@ -220,6 +244,11 @@ mod tests {
         let voters: Vec<NodeId> = meta.last_membership.voter_ids().collect();
         assert_eq!(voters, vec![4, 5, 6]);
         assert_eq!(meta.last_membership.log_id(), &Some(log_id));
+        assert!(meta
+            .last_membership
+            .membership()
+            .nodes()
+            .all(|(_, n)| n.cluster == "c0ffee"));
     }
 
     #[tokio::test]

@@ -1,5 +1,10 @@
 //! Starting and stopping a node: open storage, start Raft, serve both listeners, shut down
 //! gracefully.
+//!
+//! Next to the listeners run three tasks: `cluster::settle` (form the cluster or get this node
+//! admitted to it), `membership::promote_caught_up` (on the leader, promote learners that lost
+//! their data once they have caught up), and an address book that keeps peer connections on
+//! the addresses the current membership gives.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,11 +15,12 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::cluster::{ClusterCell, Refusal};
 use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::peer_client::{PeerClient, PeerNetwork};
-use crate::store::{DataDir, Identity, OpenError};
+use crate::store::{DataDir, OpenError};
 use crate::types::Raft;
 
 /// Why a node could not start or stopped with an error. Each message names the problem.
@@ -46,6 +52,12 @@ pub enum RunError {
     /// the node stopped serving rather than answer from a state it can no longer keep.
     #[error("stopped after a fatal error: {0}; fix the cause (disk space, file system, permissions) and restart the node")]
     Fatal(String),
+    /// The node must not run with this data directory (it belongs to another cluster).
+    #[error("{0}")]
+    Refused(String),
+    /// `--force-new-cluster` could not be carried out.
+    #[error("--force-new-cluster: {0}")]
+    ForceNewCluster(String),
 }
 
 /// Log what the data directory holds before Raft starts from it: the bounds of the log and the
@@ -90,7 +102,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate().map_err(|e| RunError::Config(e.to_string()))?;
     let raft_config = Config {
-        cluster_name: format!("kv-{}", config.cluster),
+        cluster_name: "kvnode".into(),
         heartbeat_interval: config.heartbeat_ms,
         election_timeout_min: config.election_min_ms,
         election_timeout_max: config.election_max_ms,
@@ -115,24 +127,24 @@ pub async fn run(
 
     let http_listener = bind(&config.http_addr, "client API").await?;
     let raft_listener = bind(&config.raft_addr, "peer").await?;
-    let identity = Identity {
-        node_id: config.id,
-        cluster: config.cluster.clone(),
-    };
     let dir = config.data_dir.clone();
+    let id = config.id;
     let metrics = Metrics::new(config.id);
     let log_observer: Arc<dyn kvlog::WriteObserver> = metrics.log_observer();
-    let data =
-        tokio::task::spawn_blocking(move || DataDir::open_observed(&dir, &identity, Some(log_observer)))
-            .await
-            .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
+    let mut data = tokio::task::spawn_blocking(move || DataDir::open_observed(&dir, id, Some(log_observer)))
+        .await
+        .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
     log_what_was_found(&data);
+    if config.force_new_cluster {
+        force_new_cluster(&mut data, &config).await?;
+    }
     let snapshot_metrics = metrics.clone();
     data.sm
         .observe_snapshots(Arc::new(move |event| snapshot_metrics.snapshot(event)));
     data.sm.history().set_limits(config.watch_history);
     let started_pristine = data.log.is_pristine();
-    let peers = PeerClient::new(config.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
+    let identity = data.identity.clone();
+    let peers = PeerClient::new(identity.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -143,12 +155,15 @@ pub async fn run(
     .await
     .map_err(|e| RunError::Raft(e.to_string()))?;
     metrics.attach(&raft).await;
+    check_membership_names_this_cluster(&raft, &identity, &config)?;
+    let cell = ClusterCell::new(config.data_dir.clone(), identity, peers.clone());
     let node = Arc::new(Node::new(
         config.clone(),
         raft.clone(),
         data.sm,
         started_pristine,
-        peers,
+        peers.clone(),
+        cell,
     ));
 
     let bound = Bound {
@@ -159,7 +174,13 @@ pub async fn run(
     on_ready(bound);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::cluster::form(node.clone(), stop_rx.clone()));
+    let (refuse_tx, mut refuse_rx) = tokio::sync::watch::channel(None::<Refusal>);
+    tokio::spawn(crate::cluster::settle(node.clone(), stop_rx.clone(), refuse_tx));
+    tokio::spawn(crate::membership::promote_caught_up(
+        node.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(keep_addresses(raft.clone(), peers));
     let (fatal_tx, mut fatal_rx) = tokio::sync::watch::channel(None::<String>);
     tokio::spawn(watch_for_fatal(raft.clone(), fatal_tx));
 
@@ -173,10 +194,17 @@ pub async fn run(
             .await
     });
     let history = node.sm.history();
+    let refused = {
+        let rx = refuse_rx.clone();
+        move || rx.borrow().clone()
+    };
     let stop_serving = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = fatal_rx.wait_for(|f| f.is_some()) => {}
+            // The settling task drops its sender when the node has joined: a closed channel
+            // is no refusal (the pattern then disables this branch).
+            Ok(_) = refuse_rx.wait_for(|r| r.is_some()) => {}
         }
         // Watch streams never end by themselves; a graceful shutdown waits for open responses.
         history.close();
@@ -199,10 +227,106 @@ pub async fn run(
     }
     let _ = peer_server.await;
     info!("node stopped");
+    if let Some(Refusal(reason)) = refused() {
+        return Err(RunError::Refused(reason));
+    }
     if let Some(reason) = fatal {
         return Err(RunError::Fatal(reason));
     }
     client_result.map_err(RunError::Serve)
+}
+
+/// A joined node's membership (from its own log) names its cluster in every member's entry; a
+/// different name means `node.json` and the log come from different directories.
+fn check_membership_names_this_cluster(
+    raft: &Raft,
+    identity: &crate::store::Identity,
+    config: &NodeConfig,
+) -> Result<(), RunError> {
+    let Some(mine) = identity.cluster.as_deref().filter(|_| identity.joined) else {
+        return Ok(());
+    };
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    let other = m
+        .membership_config
+        .nodes()
+        .map(|(_, n)| n.cluster.as_str())
+        .find(|c| !c.is_empty() && *c != mine);
+    match other {
+        Some(other) => Err(RunError::Storage(OpenError::Corrupt {
+            path: config.data_dir.clone(),
+            reason: format!(
+                "node.json names cluster {mine}, but the membership in its log names cluster {other}"
+            ),
+        })),
+        None => Ok(()),
+    }
+}
+
+/// `--force-new-cluster`: rewrite this node's log so that it starts as the only voter of a new
+/// cluster, with all its data, and say loudly what that means.
+async fn force_new_cluster(data: &mut DataDir, config: &NodeConfig) -> Result<(), RunError> {
+    let forced = crate::cluster::force_new_cluster(data, config)
+        .await
+        .map_err(RunError::ForceNewCluster)?;
+    let Some(f) = forced else {
+        tracing::warn!(
+            "--force-new-cluster: this node is already the only voter of cluster {}; nothing to do \
+             (remove --force-new-cluster from its command line)",
+            data.identity.cluster.clone().unwrap_or_default()
+        );
+        return Ok(());
+    };
+    let lines = [
+        "=================================================================================".to_string(),
+        format!(
+            "--force-new-cluster: node {} now starts a NEW cluster {} on its own, with all its data",
+            config.id, f.new_cluster
+        ),
+        format!(
+            "  it leaves cluster {} (voters {:?}); those nodes are not members of the new cluster, and \
+             their requests are refused: do not restart them on their old data",
+            f.old_cluster.as_deref().unwrap_or("?"),
+            f.old_voters
+        ),
+        match f.committed {
+            Some(c) if c >= f.last => "  every entry in its log was known to be committed".to_string(),
+            committed => format!(
+                "  its log entries {}..={} were not known to be committed; the new cluster commits them now",
+                committed.map_or(0, |c| c + 1),
+                f.last
+            ),
+        },
+        format!(
+            "  grow it again: start new nodes (fresh data directories) with `kvnode --join {} --id N \
+             --http HOST:PORT --raft HOST:PORT`, then `kvctl member promote N`",
+            config.http_addr
+        ),
+        "  and remove --force-new-cluster from this node's command line".to_string(),
+        "=================================================================================".to_string(),
+    ];
+    for line in lines {
+        tracing::warn!("{line}");
+    }
+    Ok(())
+}
+
+/// Keep the peer client's address book equal to the current membership.
+async fn keep_addresses(raft: Raft, peers: PeerClient) {
+    let mut metrics = raft.metrics();
+    loop {
+        let book: std::collections::HashMap<_, _> = metrics
+            .borrow_and_update()
+            .membership_config
+            .nodes()
+            .map(|(id, n)| (*id, n.raft.clone()))
+            .collect();
+        peers.set_addresses(book);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Answers are small and latency is what matters: send each segment at once.

@@ -15,18 +15,36 @@ pub use kvapi::{LogIndex, NodeId, Term};
 
 use crate::store::StateMachineStore;
 
-/// What openraft stores about each member: where it listens.
+/// What openraft stores about each member, replicated with the membership in the log and in
+/// snapshots: where it listens, which cluster it belongs to, and whether the leader should
+/// promote it back to voter once it has caught up.
+///
+/// The two later fields are optional on the wire, so membership entries written before they
+/// existed still decode (with an empty cluster id: see `store::Identity` for where the id of
+/// such a cluster comes from).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
-    /// Client HTTP address, `host:port`.
+    /// Client HTTP address, `host:port`; empty when not known yet (a member named only by its
+    /// peer address on the assignment's command line, down when the cluster formed).
     pub http: String,
     /// Peer (Raft) address, `host:port`.
     pub raft: String,
+    /// The id of the cluster, made when it formed (see `cluster`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    /// A voter that lost its data (or never had any) and was made a learner to catch up: the
+    /// leader promotes it back once it has (see `membership`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote: bool,
 }
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http={} raft={}", self.http, self.raft)
+        write!(f, "http={} raft={}", self.http, self.raft)?;
+        if self.promote {
+            write!(f, " (promote when caught up)")?;
+        }
+        Ok(())
     }
 }
 

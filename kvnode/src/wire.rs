@@ -28,7 +28,9 @@ use crate::types::{Entry, LogId, LogIndex, NodeId, Op, SnapshotMeta, TypeConfig,
 pub const CONTENT_TYPE: &str = "application/msgpack";
 /// Header naming the node a peer request is for.
 pub const TARGET_HEADER: &str = "x-kv-target";
-/// Header naming the cluster a peer request belongs to.
+/// Header naming the cluster a peer request belongs to: the sender's cluster id (see
+/// `cluster`). Absent from a node that has none yet, which can only probe, take part in a
+/// formation, and ask to be admitted.
 pub const CLUSTER_HEADER: &str = "x-kv-cluster";
 
 /// Peer routes.
@@ -47,6 +49,13 @@ pub mod route {
     pub const TRANSFER_LEADER: &str = "/raft/transfer-leader";
     /// Who are you, and do you hold Raft state?
     pub const PROBE: &str = "/raft/probe";
+    /// Take part in forming the cluster with this id (see `cluster`).
+    pub const ADOPT: &str = "/raft/adopt";
+    /// Admit the sending node (a learner to be, or a member that lost its data); any member
+    /// forwards it to the leader.
+    pub const ADMIT: &str = "/raft/admit";
+    /// A membership request (`/admin/members`, leader transfer) forwarded to the leader.
+    pub const FORWARD_ADMIN: &str = "/forward/admin";
     /// A client write forwarded to the leader.
     pub const FORWARD_WRITE: &str = "/forward/write";
     /// A read index asked of the leader.
@@ -94,6 +103,48 @@ pub struct ProbeReply {
     pub http: String,
     /// True when the peer holds any Raft state (vote, log or snapshot).
     pub initialized: bool,
+    /// The peer's cluster id: adopted for a formation under way, or that of its cluster.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// The fingerprint of the peer's seed (empty for a node started with `--join`).
+    #[serde(default)]
+    pub seed: String,
+}
+
+/// Take part in forming cluster `cluster` from the seed with fingerprint `seed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Adopt {
+    /// The new cluster's id.
+    pub cluster: String,
+    /// The fingerprint of the forming node's seed; must equal the receiver's.
+    pub seed: String,
+}
+
+/// A node asking to be admitted to the cluster (see `membership`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admit {
+    /// Its id.
+    pub id: NodeId,
+    /// Its client address.
+    pub http: String,
+    /// Its peer address.
+    pub raft: String,
+    /// True for `--join`: add it as a learner when it is not a member. Otherwise only a
+    /// member is admitted (a node started from a seed is never added by surprise).
+    pub join: bool,
+}
+
+/// The leader's answer to [`Admit`]: the node is a learner of this cluster now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Admitted {
+    /// The cluster's id.
+    pub cluster: String,
+    /// The admitting leader's vote: the admitted node records it before it accepts any
+    /// request, so that no older leader can count on it.
+    pub vote: Vote,
+    /// It was a voter that lost its data (or never had any): it was made a learner and the
+    /// leader promotes it again once it has caught up.
+    pub was_voter: bool,
 }
 
 #[derive(Serialize, Deserialize)]

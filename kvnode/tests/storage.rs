@@ -6,15 +6,8 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError};
 use serde_json::json;
 
-use kvnode::store::{DataDir, Identity, LogStore, OpenError, StateMachineStore};
+use kvnode::store::{DataDir, LogStore, OpenError, StateMachineStore};
 use kvnode::types::{Batch, Command, Entry, IdemKey, LogId, Op, TypeConfig, Vote};
-
-fn identity() -> Identity {
-    Identity {
-        node_id: 0,
-        cluster: "test".into(),
-    }
-}
 
 struct Builder;
 
@@ -23,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data = DataDir::open(dir.path(), &identity()).expect("open data dir");
+        let data = DataDir::open(dir.path(), 0).expect("open data dir");
         Ok((dir, data.log, data.sm))
     }
 }
@@ -81,7 +74,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn log_vote_and_purge_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("tmp");
     rt().block_on(async {
-        let mut data = DataDir::open(dir.path(), &identity()).expect("open");
+        let mut data = DataDir::open(dir.path(), 0).expect("open");
         let entries: Vec<Entry> = (1..=10).map(|i| entry(1, i, "k", json!(i))).collect();
         data.log.blocking_append(entries).await.expect("append");
         data.log.save_vote(&Vote::new(3, 1)).await.expect("vote");
@@ -92,7 +85,7 @@ fn log_vote_and_purge_survive_a_reopen() {
             .expect("truncate");
     });
     rt().block_on(async {
-        let mut data = DataDir::open(dir.path(), &identity()).expect("reopen");
+        let mut data = DataDir::open(dir.path(), 0).expect("reopen");
         assert_eq!(
             data.log.reader().read_vote().await.expect("vote"),
             Some(Vote::new(3, 1))
@@ -110,7 +103,7 @@ fn log_vote_and_purge_survive_a_reopen() {
 fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let applied_id = rt().block_on(async {
-        let mut data = DataDir::open(dir.path(), &identity()).expect("open");
+        let mut data = DataDir::open(dir.path(), 0).expect("open");
         apply(
             &mut data.sm,
             (1..=5).map(|i| entry(1, i, "k", json!(i))).collect(),
@@ -123,7 +116,7 @@ fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() 
     let torn = dir.path().join("snapshots").join("tmp-1-0.part");
     std::fs::write(&torn, b"KVSNAP2\n\x05\x00").expect("write");
     rt().block_on(async {
-        let mut data = DataDir::open(dir.path(), &identity()).expect("reopen");
+        let mut data = DataDir::open(dir.path(), 0).expect("reopen");
         let (applied, _) = data.sm.applied_state().await.expect("state");
         assert_eq!(applied, applied_id);
         assert_eq!(value(&data.sm, "k"), Some(json!([1, 2, 3, 4, 5])));
@@ -138,7 +131,7 @@ fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() 
         assert_eq!(value(&data.sm, "k"), Some(json!([1, 2, 3, 4, 5, 6])));
         // Installing a received snapshot replaces the state.
         let snap = data.sm.build_snapshot().await.expect("snapshot");
-        let mut fresh = DataDir::open(&dir.path().join("other"), &identity()).expect("open other");
+        let mut fresh = DataDir::open(&dir.path().join("other"), 0).expect("open other");
         let received = fresh.sm.receive_path();
         std::fs::copy(&snap.snapshot.path, &received).expect("copy");
         let file = kvnode::store::snapshot::SnapshotFile::open(&received).expect("open");
@@ -162,14 +155,14 @@ fn state_machine_restores_from_its_snapshot_and_ignores_a_torn_temporary_file() 
 fn a_damaged_snapshot_or_identity_refuses_to_open() {
     let dir = tempfile::tempdir().expect("tmp");
     let snap = rt().block_on(async {
-        let mut data = DataDir::open(dir.path(), &identity()).expect("open");
+        let mut data = DataDir::open(dir.path(), 0).expect("open");
         apply(&mut data.sm, vec![entry(1, 1, "k", json!(1))]).await;
         data.sm.build_snapshot().await.expect("snapshot").snapshot.path
     });
     let bytes = std::fs::read(&snap).expect("read");
     // Torn: a truncated file.
     std::fs::write(&snap, &bytes[..bytes.len() - 3]).expect("write");
-    match DataDir::open(dir.path(), &identity()) {
+    match DataDir::open(dir.path(), 0) {
         Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("ends"), "{reason}"),
         other => panic!("expected a corrupt snapshot error, got {:?}", other.err()),
     }
@@ -178,16 +171,16 @@ fn a_damaged_snapshot_or_identity_refuses_to_open() {
     let last = flipped.len() - 6;
     flipped[last] ^= 0x01;
     std::fs::write(&snap, &flipped).expect("write");
-    match DataDir::open(dir.path(), &identity()) {
+    match DataDir::open(dir.path(), 0) {
         Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("checksum"), "{reason}"),
         other => panic!("expected a checksum error, got {:?}", other.err()),
     }
     std::fs::write(&snap, &bytes).expect("restore");
-    assert!(DataDir::open(dir.path(), &identity()).is_ok());
+    assert!(DataDir::open(dir.path(), 0).is_ok());
 
     // Data without an identity file is refused rather than adopted.
     std::fs::remove_file(dir.path().join("node.json")).expect("rm");
-    match DataDir::open(dir.path(), &identity()) {
+    match DataDir::open(dir.path(), 0) {
         Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("no node.json"), "{reason}"),
         other => panic!("expected refusal, got {:?}", other.err()),
     }
@@ -210,12 +203,15 @@ fn a_data_directory_written_by_kvnode_0_1_is_migrated_when_opened() {
     let data_dir = dir.path().join("data0");
     let file = kvapi::ClusterFile::load(&dir.path().join("cluster.toml")).expect("cluster file");
     let config = kvnode::NodeConfig::from_cluster_file(&file, 0).expect("config");
-    let identity = Identity {
-        node_id: 0,
-        cluster: config.cluster.clone(),
-    };
     rt().block_on(async {
-        let mut data = DataDir::open(&data_dir, &identity).expect("the 0.1 directory opens");
+        let mut data = DataDir::open(&data_dir, 0).expect("the 0.1 directory opens");
+        // Its cluster is named by the fingerprint of the member list it was formed from, as
+        // the other members of that cluster name it.
+        assert_eq!(
+            data.identity.cluster.as_deref(),
+            Some(config.seed_fingerprint.as_str())
+        );
+        assert!(data.identity.joined);
         assert!(
             data_dir.join("raft.redb.0.9-migrated").exists(),
             "the old files are kept aside"
@@ -251,8 +247,76 @@ fn a_data_directory_written_by_kvnode_0_1_is_migrated_when_opened() {
     });
     // Opening again finds the new format and migrates nothing.
     rt().block_on(async {
-        let mut data = DataDir::open(&data_dir, &identity).expect("reopens");
+        let mut data = DataDir::open(&data_dir, 0).expect("reopens");
+        assert_eq!(
+            data.identity.cluster.as_deref(),
+            Some(config.seed_fingerprint.as_str()),
+            "rewritten in the new format, same cluster"
+        );
         let state = data.log.get_log_state().await.expect("log state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(34));
     });
+}
+
+/// `node.json` written before cluster ids (`{"node_id", "cluster": <fingerprint>}`): with Raft
+/// state the fingerprint is the cluster's id; without, the directory is new. A directory that
+/// says it joined a cluster but lost its log is refused rather than treated as new.
+#[test]
+fn identities_old_and_new_are_read_by_what_the_directory_holds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path();
+    // Fresh: no cluster yet.
+    let data = DataDir::open(path, 0).expect("open");
+    assert_eq!(
+        (data.identity.cluster.clone(), data.identity.joined),
+        (None, false)
+    );
+    drop(data);
+    // An old-format identity without state is new as well.
+    std::fs::write(
+        path.join("node.json"),
+        r#"{"node_id":0,"cluster":"0123456789abcdef"}"#,
+    )
+    .expect("write");
+    let data = DataDir::open(path, 0).expect("open");
+    assert_eq!(
+        (data.identity.cluster.clone(), data.identity.joined),
+        (None, false)
+    );
+    // With state, the old fingerprint names the cluster.
+    rt().block_on(async {
+        let mut data = data;
+        data.log.save_vote(&Vote::new(1, 0)).await.expect("vote");
+    });
+    std::fs::write(
+        path.join("node.json"),
+        r#"{"node_id":0,"cluster":"0123456789abcdef"}"#,
+    )
+    .expect("write");
+    let data = DataDir::open(path, 0).expect("open");
+    assert_eq!(
+        (data.identity.cluster.as_deref(), data.identity.joined),
+        (Some("0123456789abcdef"), true)
+    );
+    drop(data);
+    let stored = std::fs::read_to_string(path.join("node.json")).expect("read");
+    assert!(stored.contains(r#""joined": true"#), "{stored}");
+
+    // Joined, then the log is lost while node.json stays: refused.
+    std::fs::remove_dir_all(path.join("log")).expect("rm log");
+    match DataDir::open(path, 0) {
+        Err(OpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("log and snapshots are gone"), "{reason}")
+        }
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
+    // Another node id: refused.
+    match DataDir::open(path, 3) {
+        Err(OpenError::WrongNode {
+            found: 0,
+            expected: 3,
+            ..
+        }) => {}
+        other => panic!("expected refusal, got {:?}", other.err()),
+    }
 }

@@ -92,6 +92,18 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     /// True while SIGSTOPped.
     paused: bool,
+    /// Client address.
+    http: String,
+    /// Peer address.
+    raft: String,
+    /// Program and arguments placed before the `kvnode` binary.
+    prefix: Vec<String>,
+    /// How it is started: from the cluster file, or joining through these client addresses.
+    join: Option<Vec<String>>,
+    /// Arguments for the next start only (e.g. `--force-new-cluster`).
+    once: Vec<String>,
+    /// Retired: removed from the cluster, no longer counted or restarted.
+    retired: bool,
 }
 
 /// A cluster of real `kvnode` processes.
@@ -101,8 +113,6 @@ pub struct Cluster {
     cluster_path: PathBuf,
     nodes: Vec<NodeProc>,
     args: Vec<String>,
-    /// Per node id, a command the `kvnode` invocation is wrapped in (empty: run it directly).
-    prefixes: Vec<Vec<String>>,
     http: reqwest::blocking::Client,
 }
 
@@ -146,15 +156,15 @@ impl Cluster {
 
     /// Start `n` nodes without waiting for anything.
     pub fn spawn(n: usize, args: &[&str]) -> Cluster {
-        let ports = free_ports(2 * n);
-        let layout: Vec<NodeLayout> = (0..n)
-            .map(|i| NodeLayout {
-                http: format!("127.0.0.1:{}", ports[2 * i]),
-                raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
-                launch_prefix: Vec::new(),
-            })
-            .collect();
-        Self::spawn_with_layout(&layout, args)
+        let all: Vec<NodeId> = (0..n as NodeId).collect();
+        Self::spawn_some(n, &all, args)
+    }
+
+    /// A cluster file of `n` nodes of which only those in `start` are started (the others
+    /// can be started later with [`Cluster::restart`]); waits for nothing.
+    pub fn spawn_some(n: usize, start: &[NodeId], args: &[&str]) -> Cluster {
+        let layout: Vec<NodeLayout> = (0..n).map(|_| loopback_layout()).collect();
+        Self::spawn_with_layout_some(&layout, start, args)
     }
 
     /// Lay out `n` nodes on free loopback ports (cluster file, data directory and log paths)
@@ -169,18 +179,19 @@ impl Cluster {
                 launch_prefix: Vec::new(),
             })
             .collect();
-        Self::lay_out(&layout, args, false)
+        Self::spawn_with_layout_some(&layout, &[], args)
     }
 
     /// Start one node per entry of `layout` (node `i` gets id `i`) without waiting for
     /// anything: the addresses and launch prefixes are the caller's, everything else (data
     /// directories, logs, kill-on-drop) is as with [`Cluster::spawn`].
     pub fn spawn_with_layout(layout: &[NodeLayout], args: &[&str]) -> Cluster {
-        Self::lay_out(layout, args, true)
+        let all: Vec<NodeId> = (0..layout.len() as NodeId).collect();
+        Self::spawn_with_layout_some(layout, &all, args)
     }
 
-    fn lay_out(layout: &[NodeLayout], args: &[&str], launch: bool) -> Cluster {
-        let n = layout.len();
+    /// [`Cluster::spawn_with_layout`], starting only the nodes in `start`.
+    pub fn spawn_with_layout_some(layout: &[NodeLayout], start: &[NodeId], args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nodes: Vec<NodeAddr> = layout
             .iter()
@@ -204,24 +215,76 @@ impl Cluster {
             file,
             cluster_path,
             args: args.iter().map(|s| s.to_string()).collect(),
-            prefixes: layout.iter().map(|l| l.launch_prefix.clone()).collect(),
             dir,
             http,
         };
-        for i in 0..n {
+        for (i, l) in layout.iter().enumerate() {
             let node = NodeProc {
                 id: i as NodeId,
                 child: None,
                 log: c.dir.path().join(format!("node{i}.log")),
                 data_dir: c.dir.path().join(format!("data{i}")),
                 paused: false,
+                http: l.http.clone(),
+                raft: l.raft.clone(),
+                prefix: l.launch_prefix.clone(),
+                join: None,
+                once: Vec::new(),
+                retired: false,
             };
             c.nodes.push(node);
-            if launch {
+            if start.contains(&(i as NodeId)) {
                 c.launch(i as NodeId);
             }
         }
         c
+    }
+
+    /// Start a new node `id` (not in the cluster file) on loopback ports that joins the
+    /// running cluster through the client addresses of the nodes `via` (`kvnode --join`).
+    pub fn join(&mut self, id: NodeId, via: &[NodeId]) {
+        self.join_with_layout(id, loopback_layout(), via);
+    }
+
+    /// [`Cluster::join`] with the caller's addresses and launch prefix.
+    pub fn join_with_layout(&mut self, id: NodeId, layout: NodeLayout, via: &[NodeId]) {
+        assert!(
+            self.nodes.iter().all(|n| n.id != id),
+            "node id {id} is taken in this test cluster"
+        );
+        let join = via.iter().map(|v| self.http_addr(*v)).collect();
+        let node = NodeProc {
+            id,
+            child: None,
+            log: self.dir.path().join(format!("node{id}.log")),
+            data_dir: self.dir.path().join(format!("data{id}")),
+            paused: false,
+            http: layout.http,
+            raft: layout.raft,
+            prefix: layout.launch_prefix,
+            join: Some(join),
+            once: Vec::new(),
+            retired: false,
+        };
+        self.nodes.push(node);
+        self.launch(id);
+    }
+
+    /// Give node `id` these arguments at its next start only (e.g. `--force-new-cluster`).
+    pub fn next_start_with(&mut self, id: NodeId, args: &[&str]) {
+        self.node(id).once = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Kill node `id` and leave it out from now on (it was removed from the cluster): it is
+    /// no longer counted by [`Cluster::leader_id`] and not restarted by anyone.
+    pub fn retire(&mut self, id: NodeId) {
+        self.kill(id);
+        self.node(id).retired = true;
+    }
+
+    /// Ids of the nodes not retired.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect()
     }
 
     fn node(&mut self, id: NodeId) -> &mut NodeProc {
@@ -232,8 +295,9 @@ impl Cluster {
         let bin = kvnode_bin();
         let cluster = self.cluster_path.clone();
         let args = self.args.clone();
-        let prefix = self.prefixes.get(id as usize).cloned().unwrap_or_default();
         let node = self.node(id);
+        let prefix = node.prefix.clone();
+        let once = std::mem::take(&mut node.once);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -247,14 +311,20 @@ impl Cluster {
             }
             None => Command::new(bin),
         };
+        match &node.join {
+            None => command.arg("--cluster").arg(&cluster),
+            Some(join) => command
+                .arg("--join")
+                .arg(join.join(","))
+                .args(["--http", &node.http, "--raft", &node.raft]),
+        };
         let child = command
-            .arg("--cluster")
-            .arg(&cluster)
             .arg("--id")
             .arg(id.to_string())
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&args)
+            .args(&once)
             .env(
                 "RUST_LOG",
                 std::env::var("KVNODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -292,14 +362,29 @@ impl Cluster {
     pub fn running(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.child.is_some() && !n.retired)
             .map(|n| n.id)
             .collect()
     }
 
     /// A node's client address, `host:port`.
     pub fn http_addr(&self, id: NodeId) -> String {
-        self.file.get(id).expect("known node").http.clone()
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("known node")
+            .http
+            .clone()
+    }
+
+    /// A node's peer address, `host:port`.
+    pub fn raft_addr(&self, id: NodeId) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("known node")
+            .raft
+            .clone()
     }
 
     /// A node's base URL.
@@ -481,20 +566,26 @@ impl Cluster {
         serde_json::from_value(r.json).ok()
     }
 
-    /// The leader, if a majority of the running, unpaused nodes agree on one that says it leads.
+    /// The leader, if a majority of its voters (running, unpaused, answering) agree on it, in
+    /// the highest term any node reports.
     pub fn leader_id(&self) -> Option<NodeId> {
         let statuses: Vec<Status> = self
             .nodes
             .iter()
-            .filter(|n| n.child.is_some() && !n.paused)
+            .filter(|n| n.child.is_some() && !n.paused && !n.retired)
             .filter_map(|n| self.status(n.id))
             .collect();
-        let leader = statuses.iter().find(|s| s.role == Role::Leader)?;
+        let term = statuses.iter().map(|s| s.term).max()?;
+        let leader = statuses
+            .iter()
+            .find(|s| s.role == Role::Leader && s.term == term)?;
+        let voters = &leader.members;
         let agree = statuses
             .iter()
+            .filter(|s| voters.iter().any(|v| v.id == s.id))
             .filter(|s| s.leader.as_ref().map(|l| l.id) == Some(leader.id) && s.term == leader.term)
             .count();
-        (agree > self.nodes.len() / 2).then_some(leader.id)
+        (agree > voters.len() / 2).then_some(leader.id)
     }
 
     /// Wait until there is a leader a majority agrees on.
@@ -517,11 +608,57 @@ impl Cluster {
         })
     }
 
+    /// The membership as the cluster's leader reports it (`GET /admin/members` through node
+    /// `via`), if it answers.
+    pub fn members_of(&self, via: NodeId) -> Option<kvapi::MembersResponse> {
+        let r = self.request(via, "GET", "/admin/members", None, &[])?;
+        (r.status == 200)
+            .then(|| serde_json::from_value(r.json).ok())
+            .flatten()
+    }
+
+    /// Wait until, by the leader reached through `via`, the voters are exactly `voters`, no
+    /// change is in progress, and every learner is in `learners`.
+    pub fn wait_for_members(&self, via: NodeId, voters: &[NodeId], learners: &[NodeId], timeout: Duration) {
+        let mut want: Vec<NodeId> = voters.to_vec();
+        want.sort_unstable();
+        let mut want_learners: Vec<NodeId> = learners.to_vec();
+        want_learners.sort_unstable();
+        poll(
+            timeout,
+            &format!("voters {want:?} and learners {want_learners:?}"),
+            || {
+                let m = self.members_of(via)?;
+                let of = |role| {
+                    m.members
+                        .iter()
+                        .filter(|x| x.role == role)
+                        .map(|x| x.id)
+                        .collect::<Vec<_>>()
+                };
+                (!m.joint
+                    && of(kvapi::MemberRole::Voter) == want
+                    && of(kvapi::MemberRole::Learner) == want_learners)
+                    .then_some(())
+            },
+        );
+    }
+
     /// Print every node's log to stderr (the test harness shows it for failing tests).
     pub fn dump_logs(&self) {
         for n in &self.nodes {
             dump_log(&format!("node {}", n.id), &n.log);
         }
+    }
+}
+
+/// Two free loopback ports for a node.
+fn loopback_layout() -> NodeLayout {
+    let ports = free_ports(2);
+    NodeLayout {
+        http: format!("127.0.0.1:{}", ports[0]),
+        raft: format!("127.0.0.1:{}", ports[1]),
+        launch_prefix: Vec::new(),
     }
 }
 

@@ -243,7 +243,10 @@ pub(super) fn final_error(
                     | C::InvalidRequest
                     | C::TypeConflict
                     | C::ValueTooLarge
-                    | C::IdempotencyKeyReused),
+                    | C::IdempotencyKeyReused
+                    | C::MemberNotFound
+                    | C::MemberConflict
+                    | C::LearnerBehind),
                 ),
             message,
             ..

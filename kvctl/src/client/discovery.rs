@@ -4,7 +4,9 @@
 //! it leads wins, otherwise the freshest leader hint (highest term) is followed. Answers are
 //! collected until a majority has spoken, so one stale node that still believes it leads after
 //! a partition is outvoted by the newer term. Every status answer also teaches the client the
-//! members' addresses, so that a hint that names only an id can be followed.
+//! members' addresses (voters and learners), so that a hint that names only an id can be
+//! followed, and so that a cluster file older than the cluster's membership still leads to it:
+//! discovery asks the members learned so far as well as the listed nodes.
 //!
 //! While there is no leader to send to, a request goes through a node that answers when a
 //! majority does: every node holds a request until an election ends and forwards it to the
@@ -33,13 +35,16 @@ impl Client {
                 address: e.address.clone(),
             })
             .collect();
-        let mut reports = self.ask_statuses(first, deadline, readiness).await;
+        let mut reports = self.ask_statuses(first, deadline, readiness, true).await;
 
         let asked: Vec<String> = reports.iter().map(|r| r.address.clone()).collect();
         let mut extra: Vec<Target> = Vec::new();
         for report in &reports {
             if let Ok(status) = &report.result {
-                for m in &status.members {
+                for m in status.members.iter().chain(&status.learners) {
+                    if m.http.is_empty() {
+                        continue;
+                    }
                     if !asked.contains(&m.http) && !extra.iter().any(|t| t.address == m.http) {
                         extra.push(Target {
                             id: Some(m.id),
@@ -50,7 +55,7 @@ impl Client {
             }
         }
         if !extra.is_empty() {
-            reports.extend(self.ask_statuses(extra, deadline, readiness).await);
+            reports.extend(self.ask_statuses(extra, deadline, readiness, false).await);
         }
         reports.sort_by(|a, b| (a.id.is_none(), a.id, &a.address).cmp(&(b.id.is_none(), b.id, &b.address)));
         reports
@@ -61,6 +66,7 @@ impl Client {
         targets: Vec<Target>,
         deadline: Instant,
         readiness: bool,
+        listed: bool,
     ) -> Vec<NodeReport> {
         let limit = self.probe_limit(deadline);
         let mut set = JoinSet::new();
@@ -86,6 +92,7 @@ impl Client {
                     result: result.map_err(|f| f.describe()),
                     elapsed,
                     ready: ready.map(|r| r.map_err(|f| f.describe())),
+                    listed,
                 };
                 (i, report)
             });
@@ -116,12 +123,12 @@ impl Client {
     /// reason to retry, worded for the operator.
     pub(super) async fn discover(&self, deadline: Instant) -> Result<Target, String> {
         let limit = self.probe_limit(deadline);
-        let endpoints = &self.config.endpoints;
+        let endpoints = self.discovery_targets();
         let majority = endpoints.len() / 2 + 1;
         let mut set = JoinSet::new();
-        for endpoint in endpoints {
+        for address in &endpoints {
             let transport = self.transport.clone();
-            let address = endpoint.address.clone();
+            let address = address.clone();
             set.spawn(async move {
                 let result = transport.status(&address, limit).await;
                 (address, result)
@@ -239,9 +246,22 @@ impl Client {
     /// Remember the addresses of the members a node reports.
     fn learn(&self, status: &Status) {
         let mut addresses = lock(&self.addresses);
-        for m in &status.members {
-            addresses.insert(m.id, m.http.clone());
+        for m in status.members.iter().chain(&status.learners) {
+            if !m.http.is_empty() {
+                addresses.insert(m.id, m.http.clone());
+            }
         }
+    }
+
+    /// Where discovery asks: the listed nodes, then every member learned since.
+    fn discovery_targets(&self) -> Vec<String> {
+        let mut targets: Vec<String> = self.config.endpoints.iter().map(|e| e.address.clone()).collect();
+        for address in lock(&self.addresses).values() {
+            if !targets.contains(address) {
+                targets.push(address.clone());
+            }
+        }
+        targets
     }
 
     /// Turn a leader hint into a target, using the address book when the hint has no address.

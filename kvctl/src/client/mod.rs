@@ -35,6 +35,7 @@
 
 mod attempts;
 mod discovery;
+mod members;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;

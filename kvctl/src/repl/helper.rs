@@ -9,6 +9,10 @@
 //! commands that exist only in the REPL (`help`, `.output`, ...) are listed in
 //! [`REPL_COMMANDS`].
 //!
+//! Commands with subcommands (`member list|add|promote|remove|update`, `leader transfer`) are
+//! read the same way, one level down. Member ids (the positional argument called `id`) are
+//! completed from the members the prompt's status round found before the line was typed.
+//!
 //! Key names are completed from the server: the positional arguments called `key` (of `get`,
 //! `put`, `append`, `delete`) and `prefix` (of `keys`) ask the cluster for the keys starting
 //! with what has been typed. The lookup is a stale read with a one-second bound, so it works
@@ -20,6 +24,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -137,9 +142,71 @@ pub struct CommandSpec {
     pub positionals: Vec<Positional>,
     /// Options, its own first.
     pub options: Vec<OptionSpec>,
+    /// Its subcommands (`member add`), when it has any.
+    pub subcommands: Vec<CommandSpec>,
 }
 
 impl CommandSpec {
+    /// Read one command off clap.
+    fn from_clap(c: &clap::Command) -> CommandSpec {
+        CommandSpec {
+            name: c.get_name().to_string(),
+            aliases: c.get_visible_aliases().map(str::to_string).collect(),
+            about: c.get_about().map(|a| a.to_string()).unwrap_or_default(),
+            positionals: c
+                .get_positionals()
+                .map(|a| Positional {
+                    id: a.get_id().to_string(),
+                    name: a
+                        .get_value_names()
+                        .and_then(|v| v.first())
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| a.get_id().to_string().to_uppercase()),
+                    required: a.is_required_set(),
+                })
+                .collect(),
+            options: c
+                .get_arguments()
+                .filter(|a| !a.is_positional() && !a.is_hide_set())
+                .map(|a| {
+                    let takes_value = a.get_action().takes_values();
+                    OptionSpec {
+                        long: a.get_long().map(str::to_string),
+                        short: a.get_short(),
+                        value_name: takes_value.then(|| {
+                            a.get_value_names()
+                                .and_then(|v| v.first())
+                                .map(|v| v.to_string())
+                                .unwrap_or_else(|| "VALUE".to_string())
+                        }),
+                        values: if takes_value {
+                            a.get_possible_values()
+                                .iter()
+                                .filter(|v| !v.is_hide_set())
+                                .map(|v| v.get_name().to_string())
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                        global: a.is_global_set(),
+                    }
+                })
+                .collect(),
+            subcommands: c
+                .get_subcommands()
+                .filter(|s| s.get_name() != "help")
+                .map(CommandSpec::from_clap)
+                .collect(),
+        }
+    }
+
+    /// The subcommand called `name` or one of its aliases.
+    pub fn subcommand(&self, name: &str) -> Option<&CommandSpec> {
+        self.subcommands
+            .iter()
+            .find(|c| c.name == name || c.aliases.iter().any(|a| a == name))
+    }
+
     /// The option typed as `word` (`--file`, `-o`).
     fn option(&self, word: &str) -> Option<&OptionSpec> {
         if let Some(long) = word.strip_prefix("--") {
@@ -157,6 +224,10 @@ impl CommandSpec {
     /// The syntax of the arguments after the first `given` positionals: `<KEY> [VALUE]
     /// [--string] [--file FILE]`. Global options are left out: they are the same everywhere.
     fn syntax_after(&self, given: usize) -> String {
+        if !self.subcommands.is_empty() && given == 0 {
+            let names: Vec<&str> = self.subcommands.iter().map(|c| c.name.as_str()).collect();
+            return names.join("|");
+        }
         let mut parts: Vec<String> = self
             .positionals
             .iter()
@@ -200,50 +271,7 @@ impl Grammar {
         let commands = cli
             .get_subcommands()
             .filter(|c| !matches!(c.get_name(), "help" | "repl"))
-            .map(|c| CommandSpec {
-                name: c.get_name().to_string(),
-                aliases: c.get_visible_aliases().map(str::to_string).collect(),
-                about: c.get_about().map(|a| a.to_string()).unwrap_or_default(),
-                positionals: c
-                    .get_positionals()
-                    .map(|a| Positional {
-                        id: a.get_id().to_string(),
-                        name: a
-                            .get_value_names()
-                            .and_then(|v| v.first())
-                            .map(|v| v.to_string())
-                            .unwrap_or_else(|| a.get_id().to_string().to_uppercase()),
-                        required: a.is_required_set(),
-                    })
-                    .collect(),
-                options: c
-                    .get_arguments()
-                    .filter(|a| !a.is_positional() && !a.is_hide_set())
-                    .map(|a| {
-                        let takes_value = a.get_action().takes_values();
-                        OptionSpec {
-                            long: a.get_long().map(str::to_string),
-                            short: a.get_short(),
-                            value_name: takes_value.then(|| {
-                                a.get_value_names()
-                                    .and_then(|v| v.first())
-                                    .map(|v| v.to_string())
-                                    .unwrap_or_else(|| "VALUE".to_string())
-                            }),
-                            values: if takes_value {
-                                a.get_possible_values()
-                                    .iter()
-                                    .filter(|v| !v.is_hide_set())
-                                    .map(|v| v.get_name().to_string())
-                                    .collect()
-                            } else {
-                                Vec::new()
-                            },
-                            global: a.is_global_set(),
-                        }
-                    })
-                    .collect(),
-            })
+            .map(CommandSpec::from_clap)
             .collect();
         Grammar { commands }
     }
@@ -305,6 +333,8 @@ enum Slot<'a> {
     OptionValue(&'a OptionSpec),
     /// The n-th positional argument (0-based).
     Positional(&'a CommandSpec, usize),
+    /// The name of a subcommand of this command.
+    Subcommand(&'a CommandSpec),
     /// The argument of a REPL command.
     ReplArgument(&'static ReplCommand),
     /// Nothing we can help with.
@@ -318,16 +348,33 @@ impl Grammar {
             return Slot::Command;
         }
         let name = words[0].text.as_str();
-        let Some(command) = self.command(name) else {
+        let Some(mut command) = self.command(name) else {
             return match repl_command(name) {
                 Some(c) if index == 1 => Slot::ReplArgument(c),
                 _ => Slot::Unknown,
             };
         };
+        let mut first = 1;
+        if !command.subcommands.is_empty() {
+            if index == 1 {
+                return if text.starts_with('-') {
+                    Slot::Option(command)
+                } else {
+                    Slot::Subcommand(command)
+                };
+            }
+            match command.subcommand(&words[1].text) {
+                Some(sub) => {
+                    command = sub;
+                    first = 2;
+                }
+                None => return Slot::Unknown,
+            }
+        }
         let mut positionals = 0;
         let mut pending: Option<&OptionSpec> = None;
         let mut options_ended = false;
-        for word in &words[1..index] {
+        for word in &words[first..index] {
             if pending.take().is_some() {
                 continue;
             }
@@ -442,18 +489,30 @@ impl Hint for SyntaxHint {
 pub struct ReplHelper<'r> {
     grammar: Rc<Grammar>,
     keys: KeyLookup<'r>,
+    /// Member ids, from the last status round.
+    members: RefCell<BTreeSet<u64>>,
     color: bool,
 }
 
 impl<'r> ReplHelper<'r> {
     /// A helper for `grammar` that completes keys through `keys`; `color`: grey hints.
     pub fn new(grammar: Rc<Grammar>, keys: KeyLookup<'r>, color: bool) -> Self {
-        ReplHelper { grammar, keys, color }
+        ReplHelper {
+            grammar,
+            keys,
+            members: RefCell::new(BTreeSet::new()),
+            color,
+        }
     }
 
     /// Forget fetched key names.
     pub fn forget_keys(&self) {
         self.keys.forget();
+    }
+
+    /// The member ids to complete, as the last status round found them.
+    pub fn set_members(&self, ids: impl IntoIterator<Item = u64>) {
+        *self.members.borrow_mut() = ids.into_iter().collect();
     }
 
     /// The candidates for the text `text` typed in `slot`.
@@ -470,8 +529,14 @@ impl<'r> ReplHelper<'r> {
                 .collect(),
             Slot::Positional(c, n) => match c.positionals.get(n) {
                 Some(p) if p.id == "key" || p.id == "prefix" => self.keys.starting_with(text),
+                Some(p) if p.id == "id" => self.members.borrow().iter().map(|id| id.to_string()).collect(),
                 _ => Vec::new(),
             },
+            Slot::Subcommand(c) => c
+                .subcommands
+                .iter()
+                .flat_map(|s| std::iter::once(s.name.clone()).chain(s.aliases.iter().cloned()))
+                .collect(),
             Slot::Unknown => Vec::new(),
         };
         words
@@ -533,12 +598,12 @@ impl Hinter for ReplHelper<'_> {
         if !after_space {
             return None;
         }
-        let given = match self.grammar.slot(&words, words.len(), "") {
-            Slot::Positional(_, n) => n,
-            Slot::ReplArgument(_) => 0,
+        let display = match self.grammar.slot(&words, words.len(), "") {
+            Slot::Positional(c, n) => c.syntax_after(n),
+            Slot::Subcommand(c) => c.syntax_after(0),
+            Slot::ReplArgument(_) => self.grammar.syntax(&first.text, 0)?,
             _ => return None,
         };
-        let display = self.grammar.syntax(&first.text, given)?;
         (!display.is_empty()).then_some(SyntaxHint {
             display,
             completion: None,
@@ -636,6 +701,7 @@ mod tests {
                 Slot::Option(_) => "option".to_string(),
                 Slot::OptionValue(o) => format!("value of {}", o.long.clone().unwrap_or_default()),
                 Slot::Positional(c, n) => format!("{} #{n}", c.name),
+                Slot::Subcommand(c) => format!("subcommand of {}", c.name),
                 Slot::ReplArgument(c) => format!("argument of {}", c.name),
                 Slot::Unknown => "unknown".to_string(),
             }
@@ -651,5 +717,23 @@ mod tests {
         assert_eq!(slot("ls "), "keys #0");
         assert_eq!(slot(".output "), "argument of .output");
         assert_eq!(slot("frob "), "unknown");
+        assert_eq!(slot("member "), "subcommand of member");
+        assert_eq!(slot("member pro"), "subcommand of member");
+        assert_eq!(slot("member promote "), "promote #0");
+        assert_eq!(slot("member add 3 --http "), "value of http");
+        assert_eq!(slot("member add 3 --http h:1 --raft h:2 "), "add #1");
+        assert_eq!(slot("leader "), "subcommand of leader");
+        assert_eq!(slot("leader transfer "), "transfer #0");
+        assert_eq!(slot("member frob "), "unknown");
+    }
+
+    #[test]
+    fn member_commands_are_hinted_and_their_ids_completed() {
+        let g = grammar();
+        let member = g.command("member").expect("member");
+        assert_eq!(member.syntax_after(0), "list|add|promote|remove|update");
+        let add = member.subcommand("add").expect("add");
+        assert_eq!(add.syntax_after(0), "<ID> [--http HOST:PORT] [--raft HOST:PORT]");
+        assert_eq!(member.subcommand("rm").map(|c| c.name.as_str()), Some("remove"));
     }
 }

@@ -2,16 +2,34 @@
 //!
 //! ```text
 //! DATA_DIR/
-//!   node.json      identity: node id and cluster fingerprint, written once
+//!   node.json      identity: node id, cluster id, whether the node has joined it
 //!   log/           log entries, vote, purge point, commit hint (the `kvlog` crate)
 //!   snapshots/     the latest snapshot of the state machine (see `snapshot`)
 //! ```
 //!
+//! # Identity
+//!
+//! A directory belongs to one node id and, once the node is part of a cluster, to one cluster
+//! id: an id made when the cluster formed, replicated with the membership (see `cluster`). The
+//! member list is not part of it, so a node keeps its data when members come and go or when its
+//! own addresses change. `node.json` holds three facts:
+//!
+//! - `node_id`, fixed when the directory is created;
+//! - `cluster`, absent while the node waits to form or join a cluster, then the cluster's id;
+//! - `joined`, false while the id is only *adopted* (a cluster is being formed with this node,
+//!   see `cluster`), true once the node holds Raft state in that cluster.
+//!
+//! Directories written before cluster ids existed have `cluster` (a fingerprint of the member
+//! list the cluster was formed from) and no `joined`: when they hold Raft state that
+//! fingerprint *is* their cluster's id (every member of such a cluster recorded the same one,
+//! and their peers still send it), otherwise they are treated as new. kvnode 0.1 directories
+//! are first migrated (see `migrate`) and then read the same way.
+//!
 //! Opening refuses, with a message that names the problem, a directory that belongs to another
-//! node or another cluster, one that holds data but no identity, and one whose files are
-//! damaged. A node must never start empty on top of data it failed to read: that would let it
-//! vote and acknowledge as if it had never promised anything. A directory written by kvnode
-//! 0.1 (openraft 0.9) is migrated on the first start (see `migrate`).
+//! node, one that holds data but no identity, one whose identity says it joined a cluster but
+//! whose log and snapshots are gone, and one whose files are damaged. A node must never start
+//! empty on top of data it failed to read, or as a member that forgot what it promised: that
+//! would let it vote and acknowledge as if it had never promised anything.
 
 pub mod migrate;
 pub mod sm;
@@ -40,12 +58,38 @@ const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 const LOG_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Who a data directory belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The node's id.
     pub node_id: NodeId,
-    /// Fingerprint of the cluster's membership (ids and peer addresses).
-    pub cluster: String,
+    /// The cluster's id, once the node knows it.
+    pub cluster: Option<String>,
+    /// True once the node holds Raft state in that cluster; false while the id is only
+    /// adopted for a formation under way.
+    pub joined: bool,
+}
+
+/// `node.json` as stored. `joined` is absent in directories written before cluster ids.
+#[derive(Debug, Serialize, Deserialize)]
+struct IdentityFile {
+    node_id: NodeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    joined: Option<bool>,
+}
+
+impl Identity {
+    /// Write `node.json` in `dir` atomically.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let file = IdentityFile {
+            node_id: self.node_id,
+            cluster: self.cluster.clone(),
+            joined: Some(self.joined),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+        write_atomically(&dir.join(IDENTITY_FILE), &bytes)
+    }
 }
 
 /// Why a data directory cannot be used. The message says what to do about it.
@@ -70,13 +114,13 @@ pub enum OpenError {
         expected: NodeId,
     },
     /// It belongs to a different cluster.
-    #[error("data directory {path} belongs to another cluster (fingerprint {found}, this cluster's is {expected}); use a fresh directory or the original cluster file")]
+    #[error("data directory {path} belongs to another cluster ({found}) than the one this node was told to join ({expected}); give it a fresh data directory to join {expected}, or point --join at a node of {found}")]
     WrongCluster {
         /// The directory.
         path: PathBuf,
-        /// The fingerprint recorded there.
+        /// The cluster id recorded there.
         found: String,
-        /// The fingerprint of the cluster this process was started with.
+        /// The cluster id of the cluster this process was started to join.
         expected: String,
     },
     /// Something in it is damaged or missing.
@@ -95,18 +139,20 @@ pub struct DataDir {
     pub log: LogStore,
     /// The state machine.
     pub sm: StateMachineStore,
+    /// Who it belongs to (already normalised on disk).
+    pub identity: Identity,
 }
 
 impl DataDir {
-    /// Open (creating when absent) the data directory for `identity`.
-    pub fn open(dir: &Path, identity: &Identity) -> Result<DataDir, OpenError> {
-        Self::open_observed(dir, identity, None)
+    /// Open (creating when absent) the data directory of node `node_id`.
+    pub fn open(dir: &Path, node_id: NodeId) -> Result<DataDir, OpenError> {
+        Self::open_observed(dir, node_id, None)
     }
 
     /// [`DataDir::open`], with `observer` told about the log's writes (for metrics).
     pub fn open_observed(
         dir: &Path,
-        identity: &Identity,
+        node_id: NodeId,
         observer: Option<std::sync::Arc<dyn kvlog::WriteObserver>>,
     ) -> Result<DataDir, OpenError> {
         let io = |path: &Path| {
@@ -115,26 +161,20 @@ impl DataDir {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let id_path = dir.join(IDENTITY_FILE);
-        match std::fs::read(&id_path) {
+        let recorded: IdentityFile = match std::fs::read(&id_path) {
             Ok(bytes) => {
-                let found: Identity = serde_json::from_slice(&bytes).map_err(|e| OpenError::Corrupt {
+                let found: IdentityFile = serde_json::from_slice(&bytes).map_err(|e| OpenError::Corrupt {
                     path: id_path.clone(),
                     reason: format!("{IDENTITY_FILE} is not valid: {e}"),
                 })?;
-                if found.node_id != identity.node_id {
+                if found.node_id != node_id {
                     return Err(OpenError::WrongNode {
                         path: dir.to_path_buf(),
                         found: found.node_id,
-                        expected: identity.node_id,
+                        expected: node_id,
                     });
                 }
-                if found.cluster != identity.cluster {
-                    return Err(OpenError::WrongCluster {
-                        path: dir.to_path_buf(),
-                        found: found.cluster,
-                        expected: identity.cluster.clone(),
-                    });
-                }
+                found
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 for file in [LOG_DIR, SNAPSHOT_DIR, migrate::OLD_DB] {
@@ -145,14 +185,20 @@ impl DataDir {
                         });
                     }
                 }
-                let bytes = serde_json::to_vec_pretty(identity).map_err(|e| OpenError::Corrupt {
-                    path: id_path.clone(),
-                    reason: e.to_string(),
-                })?;
-                write_atomically(&id_path, &bytes).map_err(io(&id_path))?;
+                let fresh = Identity {
+                    node_id,
+                    cluster: None,
+                    joined: false,
+                };
+                fresh.save(dir).map_err(io(&id_path))?;
+                IdentityFile {
+                    node_id,
+                    cluster: None,
+                    joined: Some(false),
+                }
             }
             Err(e) => return Err(io(&id_path)(e)),
-        }
+        };
 
         let log_dir = dir.join(LOG_DIR);
         let snapshot_dir = dir.join(SNAPSHOT_DIR);
@@ -200,7 +246,47 @@ impl DataDir {
                 reason: corrupt.to_string(),
             },
         })?;
-        Ok(DataDir { log, sm })
+        let has_state = !log.is_pristine() || sm.has_snapshot();
+        let identity = resolve(dir, recorded, has_state)?;
+        identity.save(dir).map_err(io(&id_path))?;
+        Ok(DataDir { log, sm, identity })
+    }
+}
+
+/// What `node.json` means given whether the directory holds Raft state (see the module
+/// documentation).
+fn resolve(dir: &Path, recorded: IdentityFile, has_state: bool) -> Result<Identity, OpenError> {
+    let node_id = recorded.node_id;
+    match (recorded.joined, recorded.cluster) {
+        // Written before cluster ids: the recorded fingerprint is the cluster's id.
+        (None, Some(fingerprint)) if has_state => Ok(Identity {
+            node_id,
+            cluster: Some(fingerprint),
+            joined: true,
+        }),
+        (None, _) => Ok(Identity {
+            node_id,
+            cluster: None,
+            joined: false,
+        }),
+        (Some(true), Some(cluster)) if !has_state => Err(OpenError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "{IDENTITY_FILE} says this node joined cluster {cluster}, but its log and snapshots \
+                 are gone; a node that lost its data must not come back as if it had it (it could \
+                 help elect a leader that lacks acknowledged writes): delete the whole directory \
+                 and start the node again, and the cluster re-admits it as a learner that catches up"
+            ),
+        }),
+        (Some(true), None) => Err(OpenError::Corrupt {
+            path: dir.to_path_buf(),
+            reason: format!("{IDENTITY_FILE} says this node joined a cluster but names none"),
+        }),
+        (Some(joined), cluster) => Ok(Identity {
+            node_id,
+            cluster,
+            joined,
+        }),
     }
 }
 
