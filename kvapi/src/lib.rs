@@ -9,7 +9,7 @@
 
 pub mod cluster;
 
-pub use cluster::{ClusterFile, ClusterFileError, NodeAddr};
+pub use cluster::{ClientSecurity, ClusterFile, ClusterFileError, NodeAddr, NodeTls};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -164,6 +164,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A bug or a storage failure on the server. (500)
     Internal,
+    /// The request carries no valid bearer token (the node runs with `--auth-file`): send
+    /// `Authorization: Bearer TOKEN`. Nothing was done. (401)
+    Unauthenticated,
+    /// The token is valid but its role does not allow this request: use a token with the
+    /// role the message names. Nothing was done. (403)
+    Forbidden,
+    /// The node is serving as many requests as it allows at once: retry after `Retry-After`.
+    /// Nothing was done. (503)
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -183,6 +192,9 @@ impl ErrorCode {
         ErrorCode::OutcomeUnknown,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::Overloaded,
     ];
 
     /// HTTP status code that goes with this error.
@@ -195,7 +207,9 @@ impl ErrorCode {
             ErrorCode::ValueTooLarge => 413,
             ErrorCode::IdempotencyKeyReused | ErrorCode::IdempotencyKeyExpired => 422,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown => 503,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown | ErrorCode::Overloaded => 503,
             ErrorCode::OutcomeUnknown => 504,
         }
     }
