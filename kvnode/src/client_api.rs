@@ -4,6 +4,10 @@
 //! [`Node`], and turn the outcome into a response. Bodies are read with our own size limit and
 //! parsed as JSON whatever the Content-Type says (curl's `-d` sends a form type), so that every
 //! bad input gets a JSON error with the right status rather than a framework's plain-text one.
+//!
+//! Two layers stand before the handlers: the token check ([`crate::auth`]), then a cap on the
+//! requests served at once, past which a node answers `503 overloaded` with `Retry-After`
+//! rather than queueing without bound (health and readiness checks are exempt from both).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use kvapi::{
     IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES, REPLAYED_HEADER,
 };
 
+use crate::auth::{Access, Gate};
 use crate::error::{ApiError, NodeError};
 use crate::node::Node;
 use crate::state::{KvState, IDEMPOTENCY_TTL_MS};
@@ -29,9 +34,11 @@ use crate::types::{Command, IdemKey, LogIndex, Op, OpOutcome, OpReply};
 /// Room for the envelope around the largest value.
 const BODY_OVERHEAD: usize = 64 * 1024;
 
-/// The client router of `node`.
-pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+/// The client router of `node`, behind `gate` and a cap of `node.config.max_client_requests`
+/// requests at once.
+pub fn router(node: Arc<Node>, gate: Arc<Gate>) -> Router {
+    let slots = Arc::new(tokio::sync::Semaphore::new(node.config.max_client_requests));
+    let router = Router::new()
         .route("/keys", get(list_keys))
         .route("/keys/", get(empty_key).post(empty_key).delete(empty_key))
         .route("/keys/{*key}", get(get_key).post(write_key).delete(delete_key))
@@ -39,6 +46,56 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
+        .layer(axum::middleware::from_fn_with_state(slots, admit));
+    // Without an auth file the port is open for good (SIGHUP has no file to read): no layer,
+    // so an open node pays nothing per request for the check.
+    if gate.file().is_none() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(gate, crate::auth::authorize))
+}
+
+/// Serve the request if a slot is free, else answer `503 overloaded` at once.
+async fn admit(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if crate::auth::access_for(req.method(), req.uri().path()) == Access::Open {
+        return next.run(req).await;
+    }
+    match slots.clone().try_acquire_owned() {
+        Ok(_slot) => next.run(req).await,
+        Err(_) => {
+            let mut e = ApiError::new(
+                ErrorCode::Overloaded,
+                "this node is serving as many requests as it allows at once (--max-client-requests); \
+                 nothing was done; retry shortly",
+            );
+            e.retry_after = Some(1);
+            e.into_response()
+        }
+    }
+}
+
+/// The rules a write must pass wherever it comes from, a client or a follower forwarding one:
+/// a key of 1 to [`MAX_KEY_BYTES`] bytes and a value of at most `max_value` bytes of JSON.
+/// Returns the write's size for batching.
+pub fn check_op(op: &Op, max_value: usize) -> std::result::Result<usize, String> {
+    if op.key.is_empty() || op.key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the key is {} bytes long; keys are 1 to {MAX_KEY_BYTES} bytes",
+            op.key.len()
+        ));
+    }
+    let value = match &op.cmd {
+        Command::Put(v) | Command::Append(v) => serde_json::to_vec(v).map(|v| v.len()).unwrap_or(usize::MAX),
+        Command::Delete => 0,
+    };
+    if value > max_value {
+        return Err(format!("the value is {value} bytes; the limit is {max_value} bytes"));
+    }
+    Ok(value + op.key.len())
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -39,19 +39,31 @@
 //! [`cluster`] forms a new cluster and holds the voting rules; [`server`] starts, serves and
 //! stops a node; [`config`] is its validated settings; [`error`] maps failures to HTTP
 //! answers; [`wire`] is everything that crosses the peer port.
+//!
+//! # Facing the network
+//!
+//! [`listener`] accepts connections on both ports, with TLS when configured ([`tls`]; `kvnode
+//! certs` is [`certs`]), and bounds how long a client may take to send a request; [`auth`]
+//! decides who may do what on the client port (bearer tokens with roles, one rule table by
+//! method and path). Without TLS the peer port trusts anyone who can reach it: see README,
+//! "Running it securely".
 
+pub mod auth;
 pub mod batcher;
+pub mod certs;
 pub mod client_api;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod idem;
+pub mod listener;
 pub mod node;
 pub mod peer_api;
 pub mod peer_client;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod types;
 pub mod wire;
 

@@ -27,6 +27,10 @@ use kvnode::NodeConfig;
 ///   kvnode --cluster cluster.toml --id 0 [--data-dir DIR]
 ///       node 0 of the cluster described by a cluster file
 ///
+///   kvnode certs --cluster cluster.toml --out DIR
+///       write a development CA and every node's certificates, and DIR/cluster.toml that uses
+///       them (see README, "Running it securely")
+///
 /// A new cluster forms by itself once every node is started. Logs go to stderr; RUST_LOG
 /// overrides the default level (info). Exit codes: 0 clean shutdown, 1 failure, 2 bad usage.
 #[derive(Parser, Debug)]
@@ -96,6 +100,101 @@ struct Cli {
     /// write is what limits throughput there.
     #[arg(long, value_name = "N", default_value_t = 1)]
     batch_in_flight: usize,
+
+    /// Serve the client port over HTTPS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "Security")]
+    cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "Security")]
+    key_file: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM) on the client port.
+    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "Security")]
+    client_ca_file: Option<PathBuf>,
+
+    /// Mutual TLS on the peer port: this node's certificate (PEM), which must name it
+    /// (DNS name node-<ID>.kv).
+    #[arg(long, value_name = "FILE", requires_all = ["peer_key_file", "peer_ca_file"], help_heading = "Security")]
+    peer_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --peer-cert-file.
+    #[arg(long, value_name = "FILE", requires = "peer_cert_file", help_heading = "Security")]
+    peer_key_file: Option<PathBuf>,
+
+    /// The CA (PEM) that signed every node's peer certificate.
+    #[arg(long, value_name = "FILE", requires = "peer_cert_file", help_heading = "Security")]
+    peer_ca_file: Option<PathBuf>,
+
+    /// Bearer tokens with roles (TOML of [[token]] name, role, sha256); re-read on SIGHUP.
+    /// Without it the client port is open to anyone who can reach it.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    auth_file: Option<PathBuf>,
+
+    /// Bind the client port here (e.g. 0.0.0.0:8080) instead of on its advertised address.
+    #[arg(long, value_name = "ADDR", help_heading = "Security")]
+    listen_client: Option<String>,
+
+    /// Bind the peer port here instead of on its advertised address.
+    #[arg(long, value_name = "ADDR", help_heading = "Security")]
+    listen_peer: Option<String>,
+
+    /// Client requests served at once; past that a node answers 503 overloaded.
+    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Security")]
+    max_client_requests: usize,
+
+    /// Bound on a TLS handshake and on reading a request's headers (both ports).
+    #[arg(long, value_name = "MS", default_value_t = 10_000, help_heading = "Security")]
+    header_timeout_ms: u64,
+
+    /// Bound on reading a request's body (both ports; a snapshot stream: on any gap in it).
+    #[arg(long, value_name = "MS", default_value_t = 30_000, help_heading = "Security")]
+    body_timeout_ms: u64,
+
+    /// Largest snapshot accepted from a peer.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024 * 1024, help_heading = "Security")]
+    max_snapshot_bytes: u64,
+}
+
+/// kvnode certs: write a development CA and certificates for every node of a cluster file.
+#[derive(Parser, Debug)]
+#[command(name = "kvnode certs")]
+struct CertsCli {
+    /// The cluster file whose nodes get certificates.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+
+    /// Where to write them (created; an existing CA there is never overwritten).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// `kvnode certs ...`: exit 0 when written, 1 when not.
+fn certs(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let cli = CertsCli::parse_from(args);
+    let cluster = match ClusterFile::load(&cli.cluster) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvnode certs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match kvnode::certs::write_all(&cluster, &cli.out) {
+        Ok(written) => {
+            for f in &written.files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "\nstart each node with: kvnode --cluster {} --id ID",
+                written.cluster_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kvnode certs: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 impl Cli {
@@ -127,6 +226,23 @@ impl Cli {
         config.election_min_ms = self.election_min_ms;
         config.election_max_ms = self.election_max_ms;
         config.snapshot_every = self.snapshot_every;
+        if let (Some(cert), Some(key)) = (self.cert_file, self.key_file) {
+            config.client_tls = Some(kvnode::tls::ClientPortFiles {
+                cert,
+                key,
+                client_ca: self.client_ca_file,
+            });
+        }
+        if let (Some(cert), Some(key), Some(ca)) = (self.peer_cert_file, self.peer_key_file, self.peer_ca_file) {
+            config.peer_tls = Some(kvnode::tls::PeerFiles { cert, key, ca });
+        }
+        config.auth_file = self.auth_file;
+        config.listen_http = self.listen_client;
+        config.listen_raft = self.listen_peer;
+        config.max_client_requests = self.max_client_requests;
+        config.header_timeout = Duration::from_millis(self.header_timeout_ms);
+        config.body_timeout = Duration::from_millis(self.body_timeout_ms);
+        config.max_snapshot_bytes = self.max_snapshot_bytes;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
@@ -157,7 +273,13 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A subcommand beside the assignment's positional form, which clap cannot tell apart
+    // from a port number.
+    if args.get(1).is_some_and(|a| a == "certs") {
+        return certs(args.into_iter().skip(1).collect());
+    }
+    let cli = Cli::parse_from(args);
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {

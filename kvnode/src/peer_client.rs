@@ -3,6 +3,10 @@
 //! Every request names the node it is meant for and the cluster it belongs to (headers
 //! `x-kv-target` and `x-kv-cluster`); the receiver refuses a mismatch, so a stale address or a
 //! node of another cluster can never join in by accident. Bodies are binary (see `wire`).
+//! Those headers keep out mistakes, not attackers: anyone can compute them. With mutual TLS
+//! (see `tls`) every connection, the replication stream included, presents this node's
+//! certificate and accepts only a certificate that names the node it is meant for; each
+//! target has its own HTTP client for that, since the name to expect differs per target.
 //!
 //! Failures are sorted by what they mean for a write: [`PeerError::NotSent`] (the connection was
 //! never made, so the request certainly did nothing) versus [`PeerError::Unknown`] (it may have
@@ -33,9 +37,13 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+
+use crate::tls::PeerTls;
 
 use crate::store::sm::Snapshot;
 use crate::store::snapshot::SnapshotFile;
@@ -88,26 +96,68 @@ pub enum PeerError {
 /// The pooled client for all peer traffic of one node.
 #[derive(Clone)]
 pub struct PeerClient {
+    /// Plain HTTP, for every target; unused under TLS.
     http: reqwest::Client,
     cluster: String,
+    /// Mutual TLS, when the peer port speaks it.
+    tls: Option<Arc<PeerTls>>,
+    /// Under TLS, one client per target: each accepts only its target's certificate.
+    by_target: Arc<Mutex<HashMap<NodeId, reqwest::Client>>>,
 }
+
+/// A connection to a peer, plain or TLS.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> PeerIo for T {}
+
+type Io = Box<dyn PeerIo>;
 
 /// An open replication stream (see `wire::stream`).
 struct StreamConn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Io>>,
+    writer: WriteHalf<Io>,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .no_proxy()
 }
 
 impl PeerClient {
-    /// A client for the cluster with this fingerprint.
-    pub fn new(cluster: String) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .no_proxy()
-            .build()?;
-        Ok(PeerClient { http, cluster })
+    /// A client for the cluster with this fingerprint; `tls`: mutual TLS on the peer port.
+    pub fn new(cluster: String, tls: Option<Arc<PeerTls>>) -> Result<Self, reqwest::Error> {
+        crate::tls::install_default_provider();
+        let http = builder().build()?;
+        Ok(PeerClient {
+            http,
+            cluster,
+            tls,
+            by_target: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The HTTP client and URL scheme for requests to `target`.
+    fn http_for(&self, addr: &str, target: NodeId) -> Result<(reqwest::Client, &'static str), PeerError> {
+        let Some(tls) = &self.tls else {
+            return Ok((self.http.clone(), "http"));
+        };
+        let mut clients = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&target) {
+            return Ok((client.clone(), "https"));
+        }
+        let not_sent = |reason: String| PeerError::NotSent {
+            addr: addr.to_string(),
+            reason,
+        };
+        let config = tls.client_config_for(target).map_err(|e| not_sent(e.to_string()))?;
+        let client = builder()
+            .tls_backend_preconfigured((*config).clone())
+            .build()
+            .map_err(|e| not_sent(error_chain(&e)))?;
+        clients.insert(target, client.clone());
+        Ok((client, "https"))
     }
 
     /// POST a MessagePack-encoded `body` to node `target` at `addr` and decode a 2xx answer.
@@ -147,9 +197,9 @@ impl PeerClient {
             addr: addr.to_string(),
             reason,
         };
-        let resp = self
-            .http
-            .post(format!("http://{addr}{path}"))
+        let (http, scheme) = self.http_for(addr, target)?;
+        let resp = http
+            .post(format!("{scheme}://{addr}{path}"))
             .header(TARGET_HEADER, target.to_string())
             .header(CLUSTER_HEADER, &self.cluster)
             .header("content-type", CONTENT_TYPE)
@@ -239,7 +289,9 @@ fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
 }
 
 impl PeerConn {
-    /// Open a replication stream: a TCP connection upgraded by `POST /raft/stream`.
+    /// Open a replication stream: a connection upgraded by `POST /raft/stream`, over mutual
+    /// TLS when the peer port speaks it, with the same check of the peer's certificate as every
+    /// other peer request.
     async fn open_stream(&self) -> Result<StreamConn, PeerError> {
         let addr = self.node.raft.as_str();
         let not_sent = |reason: String| PeerError::NotSent {
@@ -251,7 +303,23 @@ impl PeerConn {
             .map_err(|_| not_sent("connecting timed out".into()))?
             .map_err(|e| not_sent(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (read, mut writer) = tcp.into_split();
+        let io: Io = match &self.client.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let config = tls
+                    .client_config_for(self.target)
+                    .map_err(|e| not_sent(e.to_string()))?;
+                let name = rustls_pki_types::ServerName::try_from(crate::tls::node_name(self.target))
+                    .map_err(|e| not_sent(e.to_string()))?;
+                let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+                let tls = tokio::time::timeout(BASE_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| not_sent("the TLS handshake timed out".into()))?
+                    .map_err(|e| not_sent(format!("the TLS handshake failed: {e}")))?;
+                Box::new(tls)
+            }
+        };
+        let (read, mut writer) = tokio::io::split(io);
         let mut reader = BufReader::new(read);
         let request = format!(
             "POST {} HTTP/1.1\r\nhost: {addr}\r\n{TARGET_HEADER}: {}\r\n{CLUSTER_HEADER}: {}\r\n\
@@ -432,9 +500,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 /// reader how many answers to expect for it and how many bytes it carried.
 async fn send_requests<S>(
     mut input: S,
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf<Io>,
     sent: mpsc::UnboundedSender<(usize, u64)>,
-) -> std::io::Result<OwnedWriteHalf>
+) -> std::io::Result<WriteHalf<Io>>
 where
     S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
@@ -451,9 +519,9 @@ where
 
 /// One `stream_append` session: reads the answers for what the writer sent.
 struct Session<'s> {
-    reader: Option<BufReader<OwnedReadHalf>>,
+    reader: Option<BufReader<ReadHalf<Io>>>,
     sent: mpsc::UnboundedReceiver<(usize, u64)>,
-    writer: Option<tokio::task::JoinHandle<std::io::Result<OwnedWriteHalf>>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<WriteHalf<Io>>>>,
     /// Where a cleanly finished stream is kept for the next session.
     idle: &'s mut Option<StreamConn>,
     floor: Duration,
