@@ -30,6 +30,7 @@ pub mod endpoint;
 pub mod error;
 pub mod output;
 pub mod retry;
+pub mod security;
 pub mod survey;
 pub mod transport;
 pub mod value;
