@@ -56,6 +56,16 @@ pub enum NodeError {
     Refused(String),
 }
 
+impl NodeError {
+    /// True when the error promises that nothing was proposed.
+    pub fn did_nothing(&self) -> bool {
+        matches!(
+            self,
+            NodeError::NotLeader { .. } | NodeError::NoLeader { .. } | NodeError::NoQuorum(_) | NodeError::ShuttingDown
+        )
+    }
+}
+
 /// An error answer of the client API.
 #[derive(Debug, Clone)]
 pub struct ApiError {

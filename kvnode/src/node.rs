@@ -62,6 +62,21 @@ struct Routing {
     started: Instant,
     deadline: Instant,
     last: Option<NodeError>,
+    /// Set once an attempt of a write may have been applied (its answer was lost): from then
+    /// on the write can only end applied or in doubt, never "not done".
+    doubt: Option<NodeError>,
+}
+
+/// The answer to a write whose routing ended in `result`, given the doubt an earlier attempt
+/// left. A later refusal that did nothing does not undo an earlier attempt that may have been
+/// applied: the client must hear "outcome unknown", or it would take the write for failed
+/// while a copy of it commits. (Found by a chaos run: a forwarded write lost its answer, was
+/// committed, and the retry was refused with `no_quorum` by a leader whose lease had run out.)
+fn settle<T>(result: Result<T, NodeError>, doubt: Option<NodeError>) -> Result<T, NodeError> {
+    match (result, doubt) {
+        (Err(e), Some(doubt)) if e.did_nothing() => Err(doubt),
+        (result, _) => result,
+    }
 }
 
 /// How a forwarded request failed.
@@ -170,6 +185,7 @@ impl Node {
             started,
             deadline: started + self.config.leader_wait,
             last: None,
+            doubt: None,
         }
     }
 
@@ -203,6 +219,11 @@ impl Node {
     /// Apply a write wherever the leader is and return its outcome.
     pub async fn write(&self, op: Op, size: usize) -> Result<OpReply, NodeError> {
         let mut routing = self.routing();
+        let result = self.route_write(&op, size, &mut routing).await;
+        settle(result, routing.doubt)
+    }
+
+    async fn route_write(&self, op: &Op, size: usize, routing: &mut Routing) -> Result<OpReply, NodeError> {
         let forward_timeout = self.config.batch.write_timeout + Duration::from_secs(1);
         loop {
             let error = match self.leader() {
@@ -241,13 +262,14 @@ impl Node {
                                 return Err(unknown);
                             }
                             // With an idempotency key a second copy is answered from the table.
+                            routing.doubt = Some(unknown.clone());
                             Some(unknown)
                         }
                     }
                 }
                 None => None,
             };
-            self.retry(&mut routing, error).await?;
+            self.retry(routing, error).await?;
         }
     }
 
@@ -394,5 +416,33 @@ impl Node {
             followers,
             keys,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_in_doubt_is_never_reported_as_not_done() {
+        let doubt = || Some(NodeError::OutcomeUnknown { waited_ms: 5 });
+        let refusals = [
+            NodeError::NoQuorum("lease".into()),
+            NodeError::NotLeader { leader: None },
+            NodeError::NoLeader { waited_ms: 1 },
+            NodeError::ShuttingDown,
+        ];
+        for refusal in refusals {
+            assert_eq!(
+                settle::<()>(Err(refusal.clone()), doubt()),
+                Err(NodeError::OutcomeUnknown { waited_ms: 5 }),
+                "{refusal:?} after a lost answer"
+            );
+            assert_eq!(settle::<()>(Err(refusal.clone()), None), Err(refusal));
+        }
+        // An answer, or an error that is not a promise of nothing done, stands as it is.
+        assert_eq!(settle(Ok(7), doubt()), Ok(7));
+        let internal = NodeError::Internal("disk".into());
+        assert_eq!(settle::<()>(Err(internal.clone()), doubt()), Err(internal));
     }
 }
