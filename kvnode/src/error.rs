@@ -61,7 +61,11 @@ impl NodeError {
     pub fn did_nothing(&self) -> bool {
         matches!(
             self,
-            NodeError::NotLeader { .. } | NodeError::NoLeader { .. } | NodeError::NoQuorum(_) | NodeError::ShuttingDown
+            NodeError::NotLeader { .. }
+                | NodeError::NoLeader { .. }
+                | NodeError::NoQuorum(_)
+                | NodeError::ShuttingDown
+                | NodeError::Refused(_)
         )
     }
 }
