@@ -243,7 +243,11 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
         None
     };
     let args: Vec<&str> = config.node_args.iter().map(String::as_str).collect();
-    let secure = if config.secure { Secure::all() } else { Secure::default() };
+    let secure = if config.secure {
+        Secure::all()
+    } else {
+        Secure::default()
+    };
     let mut cluster = match &net {
         Some(net) => {
             let layout: Vec<NodeLayout> = net
@@ -485,7 +489,10 @@ pub async fn replica_reads_with(
                 body: None,
                 idempotency_key: None,
             };
-            let answer = match transport.send(&node.http, &request, Duration::from_secs(10)).await {
+            let answer = match transport
+                .send(&node.http, &request, Duration::from_secs(10))
+                .await
+            {
                 Ok(reply) => Ok((reply.status, reply.body)),
                 Err(kvctl::transport::Failure::Answered { status, .. }) => Ok((status, Vec::new())),
                 Err(failure) => Err(failure.describe()),

@@ -219,7 +219,10 @@ impl ClusterFile {
             );
         }
         if let Some(c) = file.client.as_mut() {
-            anchor(base, &mut [&mut c.cacert, &mut c.cert, &mut c.key, &mut c.token_file]);
+            anchor(
+                base,
+                &mut [&mut c.cacert, &mut c.cert, &mut c.key, &mut c.token_file],
+            );
         }
         file.validate().map_err(inconsistent)?;
         Ok(file)
@@ -259,7 +262,10 @@ impl ClusterFile {
             out.push_str(&format!("[tls]\n{}\n", toml::to_string(tls).unwrap_or_default()));
         }
         if let Some(client) = &self.client {
-            out.push_str(&format!("[client]\n{}\n", toml::to_string(client).unwrap_or_default()));
+            out.push_str(&format!(
+                "[client]\n{}\n",
+                toml::to_string(client).unwrap_or_default()
+            ));
         }
         out
     }

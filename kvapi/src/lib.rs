@@ -209,7 +209,10 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
-            ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown | ErrorCode::Overloaded => 503,
+            ErrorCode::Unavailable
+            | ErrorCode::NoQuorum
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Overloaded => 503,
             ErrorCode::OutcomeUnknown => 504,
         }
     }

@@ -97,11 +97,23 @@ pub struct Cli {
     pub cacert: Option<PathBuf>,
 
     /// Client certificate (PEM), for nodes that require one
-    #[arg(long, value_name = "FILE", global = true, requires = "key", help_heading = "Security")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        requires = "key",
+        help_heading = "Security"
+    )]
     pub cert: Option<PathBuf>,
 
     /// The private key (PEM) of --cert
-    #[arg(long, value_name = "FILE", global = true, requires = "cert", help_heading = "Security")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        requires = "cert",
+        help_heading = "Security"
+    )]
     pub key: Option<PathBuf>,
 
     /// Bearer token [env: KVCTL_TOKEN]; other users can see a command line, so prefer the
@@ -574,9 +586,15 @@ impl SecurityFlags {
     fn resolve(self, file: FileSecurity, env_token: Option<String>) -> Result<Security, UsageError> {
         let client = file.client.unwrap_or_default();
         let usage = |e: kvctl::security::SecurityError| UsageError(e.0);
-        let token = match (self.token, env_token.filter(|t| !t.trim().is_empty()), &client.token_file) {
+        let token = match (
+            self.token,
+            env_token.filter(|t| !t.trim().is_empty()),
+            &client.token_file,
+        ) {
             (Some(t), _, _) => Some(Token::new(&t).map_err(|e| UsageError(format!("--token: {}", e.0)))?),
-            (None, Some(t), _) => Some(Token::new(&t).map_err(|e| UsageError(format!("${TOKEN_ENV}: {}", e.0)))?),
+            (None, Some(t), _) => {
+                Some(Token::new(&t).map_err(|e| UsageError(format!("${TOKEN_ENV}: {}", e.0)))?)
+            }
             (None, None, Some(path)) => Some(Token::from_file(path).map_err(usage)?),
             (None, None, None) => None,
         };
@@ -623,7 +641,8 @@ fn endpoints(
     exists: impl Fn(&std::path::Path) -> bool,
 ) -> Result<(Vec<Endpoint>, ClusterSource, FileSecurity), UsageError> {
     if let Some(list) = list {
-        let (endpoints, https) = Endpoint::parse_list_with_scheme(list).map_err(|e| UsageError(e.to_string()))?;
+        let (endpoints, https) =
+            Endpoint::parse_list_with_scheme(list).map_err(|e| UsageError(e.to_string()))?;
         let security = FileSecurity { https, client: None };
         return Ok((endpoints, ClusterSource::Endpoints, security));
     }

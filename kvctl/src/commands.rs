@@ -36,7 +36,12 @@ pub async fn run(config: Config, pretty: bool) -> anyhow::Result<Exit> {
         completion_script(shell)?;
         return Ok(Exit::Success);
     }
-    let client = connect(&config.endpoints, config.timeout, config.consistency, &config.security)?;
+    let client = connect(
+        &config.endpoints,
+        config.timeout,
+        config.consistency,
+        &config.security,
+    )?;
     execute(&client, config, pretty).await
 }
 

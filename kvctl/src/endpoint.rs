@@ -127,7 +127,9 @@ impl Endpoint {
         }
         let https = parsed[0].1;
         if parsed.iter().any(|(_, h)| *h != https) {
-            return Err(fail("some endpoints say https:// and some do not; a cluster speaks TLS on every node or on none"));
+            return Err(fail(
+                "some endpoints say https:// and some do not; a cluster speaks TLS on every node or on none",
+            ));
         }
         Ok((parsed.into_iter().map(|(e, _)| e).collect(), https))
     }
@@ -169,13 +171,7 @@ mod tests {
 
     #[test]
     fn refuses_endpoints_that_cannot_work() {
-        for bad in [
-            "ftp://h:1",
-            "h",
-            "h:0",
-            "h:70000",
-            "http://h:1/keys",
-        ] {
+        for bad in ["ftp://h:1", "h", "h:0", "h:70000", "http://h:1/keys"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad} should be refused");
         }
         assert!(Endpoint::parse_list(" , ").is_err());

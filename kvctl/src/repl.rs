@@ -217,7 +217,12 @@ impl Session {
         let client = if config.timeout == self.timeout && config.consistency == self.consistency {
             &self.client
         } else {
-            match commands::connect(&self.endpoints, config.timeout, config.consistency, &self.security) {
+            match commands::connect(
+                &self.endpoints,
+                config.timeout,
+                config.consistency,
+                &self.security,
+            ) {
                 Ok(client) => {
                     one_off = client;
                     &one_off

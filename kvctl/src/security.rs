@@ -94,20 +94,26 @@ impl Security {
         }
         let Some(cacert) = &self.cacert else {
             if self.cert.is_some() {
-                return Err(SecurityError("--cert needs --cacert, the CA that signed the nodes' certificates".into()));
+                return Err(SecurityError(
+                    "--cert needs --cacert, the CA that signed the nodes' certificates".into(),
+                ));
             }
             return Ok(None);
         };
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(cacert, "--cacert")? {
-            roots
-                .add(cert)
-                .map_err(|e| SecurityError(format!("--cacert {}: not a usable CA certificate: {e}", cacert.display())))?;
+            roots.add(cert).map_err(|e| {
+                SecurityError(format!(
+                    "--cacert {}: not a usable CA certificate: {e}",
+                    cacert.display()
+                ))
+            })?;
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| SecurityError(format!("TLS setup failed: {e}")))?
-            .with_root_certificates(roots);
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| SecurityError(format!("TLS setup failed: {e}")))?
+                .with_root_certificates(roots);
         let config = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
                 let chain = read_certs(cert, "--cert")?;
@@ -130,7 +136,10 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SecurityError(format!("{what} {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(SecurityError(format!("{what} {}: no PEM certificate in it", path.display())));
+        return Err(SecurityError(format!(
+            "{what} {}: no PEM certificate in it",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -222,9 +231,13 @@ mod tests {
         let said = describe_tls_failure(&wrapped, "h:1").expect("a TLS failure");
         assert!(said.contains("node h:1") && said.contains("unknown CA"), "{said}");
         let expired = TlsError::InvalidCertificate(CertificateError::Expired);
-        assert!(describe_tls_failure(&expired, "h:1").expect("tls").contains("expired"));
+        assert!(describe_tls_failure(&expired, "h:1")
+            .expect("tls")
+            .contains("expired"));
         let name = TlsError::InvalidCertificate(CertificateError::NotValidForName);
-        assert!(describe_tls_failure(&name, "db:1").expect("tls").contains("does not name db"));
+        assert!(describe_tls_failure(&name, "db:1")
+            .expect("tls")
+            .contains("does not name db"));
         let other = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(describe_tls_failure(&other, "h:1"), None);
     }

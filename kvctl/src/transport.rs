@@ -187,7 +187,10 @@ impl Transport {
     }
 
     /// A pool that speaks TLS and sends a token as `security` says.
-    pub fn with_security(connect_timeout: Duration, security: &Security) -> Result<Transport, TransportError> {
+    pub fn with_security(
+        connect_timeout: Duration,
+        security: &Security,
+    ) -> Result<Transport, TransportError> {
         crate::security::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             // Environment proxies would intercept cluster-internal addresses; never use them.

@@ -77,13 +77,26 @@ fn the_whole_kvctl_flow_over_tls_with_client_certificates_and_a_token() {
     assert!(ok(cl(&["put", "a", r#"["cat","dog"]"#])).starts_with("OK (index "));
     assert!(ok(cl(&["append", "a", "mouse"])).starts_with("OK (index "));
     assert_eq!(ok(cl(&["get", "a"])).trim_end(), r#"["cat","dog","mouse"]"#);
-    assert_eq!(ok(cl(&["--consistency", "stale", "get", "a"])).trim_end(), r#"["cat","dog","mouse"]"#);
+    assert_eq!(
+        ok(cl(&["--consistency", "stale", "get", "a"])).trim_end(),
+        r#"["cat","dog","mouse"]"#
+    );
     assert!(ok(cl(&["keys"])).contains("1 key"));
     let status = ok(cl(&["status"]));
     assert!(status.contains("Quorum: yes (3 of 3 voters answer"), "{status}");
     assert!(ok(cl(&["leader"])).contains("leads (term"));
     assert!(ok(cl(&["delete", "a"])).starts_with("OK (index "));
-    let bench = cl(&["bench", "--clients", "2", "--duration", "1s", "--workload", "append", "--target", "all"]);
+    let bench = cl(&[
+        "bench",
+        "--clients",
+        "2",
+        "--duration",
+        "1s",
+        "--workload",
+        "append",
+        "--target",
+        "all",
+    ]);
     assert_eq!(bench.code, 0, "{bench:?}");
 
     // The REPL, piped.
@@ -103,9 +116,12 @@ fn the_whole_kvctl_flow_over_tls_with_client_certificates_and_a_token() {
         .env_remove("RUST_LOG")
         .env_remove("KVCTL_CLUSTER")
         .env_remove("KVCTL_TOKEN");
-    let options = Options::new().timeout_ms(Some(30_000)).strip_ansi_escape_codes(true);
+    let options = Options::new()
+        .timeout_ms(Some(30_000))
+        .strip_ansi_escape_codes(true);
     let mut repl = spawn_with_options(cmd, options).expect("kvctl repl in a pty");
-    repl.exp_regex(r"kv\[leader=\d+ term=\d+\]> ").expect("a prompt naming the leader");
+    repl.exp_regex(r"kv\[leader=\d+ term=\d+\]> ")
+        .expect("a prompt naming the leader");
     repl.send("put t 42\r").expect("type");
     repl.flush().expect("flush");
     repl.exp_regex(r"OK \(index \d+\)").expect("the write");
@@ -114,7 +130,8 @@ fn the_whole_kvctl_flow_over_tls_with_client_certificates_and_a_token() {
     repl.exp_string("42").expect("the read");
     repl.send("--token x get t\r").expect("type");
     repl.flush().expect("flush");
-    repl.exp_string("chosen when the REPL starts").expect("the token is fixed per session");
+    repl.exp_string("chosen when the REPL starts")
+        .expect("the token is fixed per session");
     repl.send("exit\r").expect("type");
     repl.flush().expect("flush");
     repl.exp_eof().expect("the REPL ends");
@@ -133,7 +150,10 @@ fn refusals_name_the_node_and_the_cause_at_once_and_never_show_the_token() {
     let secrets = [&tokens.read, &tokens.write, &tokens.admin];
     let never_shows = |run: &Run| {
         for s in secrets {
-            assert!(!run.stdout.contains(s.as_str()) && !run.stderr.contains(s.as_str()), "{run:?}");
+            assert!(
+                !run.stdout.contains(s.as_str()) && !run.stderr.contains(s.as_str()),
+                "{run:?}"
+            );
         }
     };
     let quick = |run: &Run| assert!(run.took < Duration::from_secs(5), "took {:?}: {run:?}", run.took);
@@ -148,9 +168,16 @@ fn refusals_name_the_node_and_the_cause_at_once_and_never_show_the_token() {
     never_shows(&fine);
 
     // No CA: the system's roots do not know the cluster's.
-    let unknown = kvctl(&["--endpoints", &endpoint, "get", "k"], &[("KVCTL_TOKEN", &tokens.read)], "");
+    let unknown = kvctl(
+        &["--endpoints", &endpoint, "get", "k"],
+        &[("KVCTL_TOKEN", &tokens.read)],
+        "",
+    );
     assert_eq!(unknown.code, 5, "{unknown:?}");
-    assert!(unknown.stderr.contains(&format!("TLS with node {http} failed")), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains(&format!("TLS with node {http} failed")),
+        "{unknown:?}"
+    );
     assert!(unknown.stderr.contains("unknown CA"), "{unknown:?}");
     quick(&unknown);
 
@@ -168,10 +195,23 @@ fn refusals_name_the_node_and_the_cause_at_once_and_never_show_the_token() {
     // No token; a token without the role; a token that is not one.
     let none = kvctl(&["--endpoints", &endpoint, "--cacert", ca, "get", "k"], &[], "");
     assert_eq!(none.code, 5, "{none:?}");
-    assert!(none.stderr.contains("unauthenticated") && none.stderr.contains("--token"), "{none:?}");
+    assert!(
+        none.stderr.contains("unauthenticated") && none.stderr.contains("--token"),
+        "{none:?}"
+    );
     quick(&none);
     let weak = kvctl(
-        &["--endpoints", &endpoint, "--cacert", ca, "-o", "json", "put", "k", "2"],
+        &[
+            "--endpoints",
+            &endpoint,
+            "--cacert",
+            ca,
+            "-o",
+            "json",
+            "put",
+            "k",
+            "2",
+        ],
         &[("KVCTL_TOKEN", &tokens.read)],
         "",
     );
@@ -180,7 +220,16 @@ fn refusals_name_the_node_and_the_cause_at_once_and_never_show_the_token() {
     assert_eq!(error["error"]["code"], "forbidden", "{weak:?}");
     never_shows(&weak);
     let wrong = kvctl(
-        &["--endpoints", &endpoint, "--cacert", ca, "--token", "not-a-token", "get", "k"],
+        &[
+            "--endpoints",
+            &endpoint,
+            "--cacert",
+            ca,
+            "--token",
+            "not-a-token",
+            "get",
+            "k",
+        ],
         &[],
         "",
     );
@@ -238,7 +287,14 @@ fn an_expired_certificate_is_called_expired() {
         std::net::TcpStream::connect(&http).ok().map(|_| ())
     });
     let run = kvctl(
-        &["--endpoints", &format!("https://{http}"), "--cacert", path(&ca_path), "get", "k"],
+        &[
+            "--endpoints",
+            &format!("https://{http}"),
+            "--cacert",
+            path(&ca_path),
+            "get",
+            "k",
+        ],
         &[],
         "",
     );

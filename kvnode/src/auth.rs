@@ -291,7 +291,7 @@ impl Gate {
     }
 
     /// Decide a request: `Ok` to let it through, else the answer.
-    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Response> {
+    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Box<Response>> {
         let Some(tokens) = self.tokens() else {
             return Ok(());
         };
@@ -300,25 +300,27 @@ impl Gate {
         };
         let presented = bearer(headers);
         let Some(token) = presented else {
-            return Err(unauthenticated(
+            return Err(Box::new(unauthenticated(
                 "this request needs a token: send Authorization: Bearer TOKEN (kvctl: --token or $KVCTL_TOKEN)",
                 false,
-            ));
+            )));
         };
         match tokens.lookup(token) {
-            None => Err(unauthenticated(
+            None => Err(Box::new(unauthenticated(
                 "the bearer token is not valid here (unknown, or revoked); nothing was done",
                 true,
+            ))),
+            Some((name, role)) if role < needed => Err(Box::new(
+                ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "token {name:?} has the {} role; {method} {path} needs {}; nothing was done",
+                        role.name(),
+                        needed.name()
+                    ),
+                )
+                .into_response(),
             )),
-            Some((name, role)) if role < needed => Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "token {name:?} has the {} role; {method} {path} needs {}; nothing was done",
-                    role.name(),
-                    needed.name()
-                ),
-            )
-            .into_response()),
             Some(_) => Ok(()),
         }
     }
@@ -348,7 +350,7 @@ fn unauthenticated(message: &str, invalid: bool) -> Response {
 pub async fn authorize(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
     match gate.check(req.method(), req.uri().path(), req.headers()) {
         Ok(()) => next.run(req).await,
-        Err(refusal) => refusal,
+        Err(refusal) => *refusal,
     }
 }
 
@@ -364,7 +366,9 @@ pub fn reload_on_sighup(gate: Arc<Gate>) -> std::io::Result<()> {
         while hup.recv().await.is_some() {
             match gate.reload() {
                 Ok(n) => tracing::info!(tokens = n, "auth file re-read on SIGHUP"),
-                Err(e) => tracing::error!(error = %e, "auth file not re-read on SIGHUP; the tokens in force stay"),
+                Err(e) => {
+                    tracing::error!(error = %e, "auth file not re-read on SIGHUP; the tokens in force stay")
+                }
             }
         }
     });
@@ -438,10 +442,19 @@ mod tests {
         assert!(Role::Read < Role::Write && Role::Write < Role::Admin);
 
         for (bad, needle) in [
-            ("[[token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"abc\"\n", "64 hex"),
-            ("[[token]]\nname = \"x\"\nrole = \"root\"\nsha256 = \"abc\"\n", "unknown variant"),
+            (
+                "[[token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"abc\"\n",
+                "64 hex",
+            ),
+            (
+                "[[token]]\nname = \"x\"\nrole = \"root\"\nsha256 = \"abc\"\n",
+                "unknown variant",
+            ),
             ("", "no [[token]]"),
-            ("[[token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"a\"\ntoken = \"t\"\n", "unknown field"),
+            (
+                "[[token]]\nname = \"x\"\nrole = \"read\"\nsha256 = \"a\"\ntoken = \"t\"\n",
+                "unknown field",
+            ),
         ] {
             let err = Tokens::parse(bad).expect_err(bad);
             assert!(err.contains(needle), "{bad:?}: {err}");
@@ -450,7 +463,9 @@ mod tests {
             "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"{0}\"\n[[token]]\nname = \"b\"\nrole = \"read\"\nsha256 = \"{0}\"\n",
             hex("same")
         );
-        assert!(Tokens::parse(&twice).expect_err("same hash").contains("same sha256"));
+        assert!(Tokens::parse(&twice)
+            .expect_err("same hash")
+            .contains("same sha256"));
     }
 
     #[test]
@@ -468,21 +483,34 @@ mod tests {
         let gate = Gate::new(Some(file.clone())).expect("gate");
         let with = |token: &str| {
             let mut h = HeaderMap::new();
-            h.insert(header::AUTHORIZATION, HeaderValue::from_str(token).expect("header"));
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(token).expect("header"),
+            );
             h
         };
-        assert!(gate.check(&Method::GET, "/keys/a", &with("Bearer r-secret")).is_ok());
-        assert!(gate.check(&Method::GET, "/keys/a", &with("bearer  r-secret ")).is_ok());
+        assert!(gate
+            .check(&Method::GET, "/keys/a", &with("Bearer r-secret"))
+            .is_ok());
+        assert!(gate
+            .check(&Method::GET, "/keys/a", &with("bearer  r-secret "))
+            .is_ok());
         assert!(gate.check(&Method::GET, "/health", &HeaderMap::new()).is_ok());
-        let missing = gate.check(&Method::GET, "/keys/a", &HeaderMap::new()).expect_err("401");
+        let missing = gate
+            .check(&Method::GET, "/keys/a", &HeaderMap::new())
+            .expect_err("401");
         assert_eq!(missing.status(), 401);
         assert_eq!(
             missing.headers()[header::WWW_AUTHENTICATE],
             r#"Bearer realm="kvnode""#
         );
-        let wrong = gate.check(&Method::GET, "/keys/a", &with("Bearer w-secret")).expect_err("401");
+        let wrong = gate
+            .check(&Method::GET, "/keys/a", &with("Bearer w-secret"))
+            .expect_err("401");
         assert_eq!(wrong.status(), 401);
-        let basic = gate.check(&Method::GET, "/keys/a", &with("Basic r-secret")).expect_err("401");
+        let basic = gate
+            .check(&Method::GET, "/keys/a", &with("Basic r-secret"))
+            .expect_err("401");
         assert_eq!(basic.status(), 401);
         let write = gate
             .check(&Method::POST, "/keys/a", &with("Bearer r-secret"))
@@ -492,18 +520,29 @@ mod tests {
         // A new file takes over on reload; a broken one leaves the old tokens in force.
         std::fs::write(
             &file,
-            format!("[[token]]\nname = \"w\"\nrole = \"write\"\nsha256 = \"{}\"\n", hex("w-secret")),
+            format!(
+                "[[token]]\nname = \"w\"\nrole = \"write\"\nsha256 = \"{}\"\n",
+                hex("w-secret")
+            ),
         )
         .expect("write");
         assert_eq!(gate.reload().expect("reload"), 1);
-        assert!(gate.check(&Method::POST, "/keys/a", &with("Bearer w-secret")).is_ok());
-        assert!(gate.check(&Method::GET, "/keys/a", &with("Bearer r-secret")).is_err());
+        assert!(gate
+            .check(&Method::POST, "/keys/a", &with("Bearer w-secret"))
+            .is_ok());
+        assert!(gate
+            .check(&Method::GET, "/keys/a", &with("Bearer r-secret"))
+            .is_err());
         std::fs::write(&file, "garbage = ").expect("write");
         let err = gate.reload().expect_err("broken file").to_string();
         assert!(!err.contains("w-secret"), "{err}");
-        assert!(gate.check(&Method::POST, "/keys/a", &with("Bearer w-secret")).is_ok());
+        assert!(gate
+            .check(&Method::POST, "/keys/a", &with("Bearer w-secret"))
+            .is_ok());
 
         let open = Gate::new(None).expect("open");
-        assert!(open.check(&Method::POST, "/admin/members", &HeaderMap::new()).is_ok());
+        assert!(open
+            .check(&Method::POST, "/admin/members", &HeaderMap::new())
+            .is_ok());
     }
 }

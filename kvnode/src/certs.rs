@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use kvapi::{ClientSecurity, ClusterFile, NodeTls};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 use crate::tls::node_name;
@@ -98,7 +99,10 @@ fn params(
     let mut p = CertificateParams::new(names)?;
     p.distinguished_name.push(DnType::CommonName, common_name);
     p.extended_key_usages = usages.to_vec();
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     validity(&mut p);
     Ok(p)
 }
@@ -110,7 +114,10 @@ fn validity(p: &mut CertificateParams) {
     p.not_after = now + time::Duration::days(VALID_DAYS);
 }
 
-fn generate(what: &str, f: impl FnOnce() -> Result<(String, String), rcgen::Error>) -> Result<(String, String), CertsError> {
+fn generate(
+    what: &str,
+    f: impl FnOnce() -> Result<(String, String), rcgen::Error>,
+) -> Result<(String, String), CertsError> {
     f().map_err(|source| CertsError::Generate {
         what: what.to_string(),
         source,
@@ -168,10 +175,12 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut ca_params);
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(|source| CertsError::Generate {
-        what: "the CA".into(),
-        source,
-    })?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(|source| CertsError::Generate {
+            what: "the CA".into(),
+            source,
+        })?;
     let issuer = Issuer::new(ca_params, ca_key);
     let sign = |params: CertificateParams| -> Result<(String, String), rcgen::Error> {
         let key = KeyPair::generate()?;
@@ -182,7 +191,11 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
     for node in &cluster.node {
         let id = node.id;
         let (cert, key) = generate(&format!("node {id}'s client port"), || {
-            sign(params(names_for(&node.http, None), &format!("kvnode {id}"), &[ServerAuth])?)
+            sign(params(
+                names_for(&node.http, None),
+                &format!("kvnode {id}"),
+                &[ServerAuth],
+            )?)
         })?;
         put(format!("node{id}.pem"), &cert, false)?;
         put(format!("node{id}.key"), &key, true)?;
@@ -196,7 +209,9 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
         put(format!("node{id}-peer.pem"), &cert, false)?;
         put(format!("node{id}-peer.key"), &key, true)?;
     }
-    let (cert, key) = generate("kvctl", || sign(params(vec!["kvctl".into()], "kvctl", &[ClientAuth])?))?;
+    let (cert, key) = generate("kvctl", || {
+        sign(params(vec!["kvctl".into()], "kvctl", &[ClientAuth])?)
+    })?;
     put("client.pem".into(), &cert, false)?;
     put("client.key".into(), &key, true)?;
     // The CA goes last: its presence says that the directory is complete.
@@ -222,7 +237,11 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
     });
     let cluster_file = out.join("cluster.toml");
     let header = "# Written by `kvnode certs`: the cluster over TLS. Paths are relative to this file.\n\n";
-    put("cluster.toml".into(), &format!("{header}{}", secured.to_toml()), false)?;
+    put(
+        "cluster.toml".into(),
+        &format!("{header}{}", secured.to_toml()),
+        false,
+    )?;
     Ok(Written {
         files: written,
         cluster_file,
@@ -252,24 +271,37 @@ mod tests {
         let peer = load_certs(&dir.path().join("node7-peer.pem"), "peer").expect("pem");
         assert_eq!(node_named_by(&peer[0]), Some(7));
         let client_port = load_certs(&dir.path().join("node0.pem"), "cert").expect("pem");
-        assert_eq!(node_named_by(&client_port[0]), None, "a client-port certificate names no node");
+        assert_eq!(
+            node_named_by(&client_port[0]),
+            None,
+            "a client-port certificate names no node"
+        );
         let text = std::fs::read_to_string(&written.cluster_file).expect("cluster file");
         let again = ClusterFile::parse(&text, &written.cluster_file).expect("valid cluster file");
         assert!(again.client_tls && again.peer_tls);
         let tls = again.tls.expect("[tls]").for_node(7);
         assert_eq!(tls.peer_cert, Some(dir.path().join("node7-peer.pem")));
-        assert!(matches!(write_all(&cluster, dir.path()), Err(CertsError::Exists(_))));
+        assert!(matches!(
+            write_all(&cluster, dir.path()),
+            Err(CertsError::Exists(_))
+        ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("node0.key")).expect("key").permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("node0.key"))
+                .expect("key")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "keys are private");
         }
     }
 
     #[test]
     fn loopback_hosts_get_every_loopback_name() {
-        assert_eq!(names_for("127.0.0.1:8080", None), ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(
+            names_for("127.0.0.1:8080", None),
+            ["localhost", "127.0.0.1", "::1"]
+        );
         assert_eq!(names_for("[::1]:8080", Some("node-1.kv".into()))[0], "node-1.kv");
         assert_eq!(names_for("db.example:1", None), ["db.example"]);
     }

@@ -93,7 +93,9 @@ pub fn check_op(op: &Op, max_value: usize) -> std::result::Result<usize, String>
         Command::Delete => 0,
     };
     if value > max_value {
-        return Err(format!("the value is {value} bytes; the limit is {max_value} bytes"));
+        return Err(format!(
+            "the value is {value} bytes; the limit is {max_value} bytes"
+        ));
     }
     Ok(value + op.key.len())
 }

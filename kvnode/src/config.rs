@@ -172,11 +172,10 @@ impl NodeConfig {
             config.peer_tls = match (tls.peer_cert, tls.peer_key, tls.peer_ca) {
                 (Some(cert), Some(key), Some(ca)) => Some(PeerFiles { cert, key, ca }),
                 (None, None, None) => None,
-                _ => {
-                    return Err(ConfigError(
-                        "the cluster file's [tls] needs all of peer_cert, peer_key and peer_ca for the peer port".into(),
-                    ))
-                }
+                _ => return Err(ConfigError(
+                    "the cluster file's [tls] needs all of peer_cert, peer_key and peer_ca for the peer port"
+                        .into(),
+                )),
             };
         }
         Ok(config)
@@ -251,9 +250,14 @@ impl NodeConfig {
             return Err(ConfigError("--max-client-requests must be positive".into()));
         }
         if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
-            return Err(ConfigError("--header-timeout-ms and --body-timeout-ms must be positive".into()));
+            return Err(ConfigError(
+                "--header-timeout-ms and --body-timeout-ms must be positive".into(),
+            ));
         }
-        for (what, addr) in [("--listen-client", &self.listen_http), ("--listen-peer", &self.listen_raft)] {
+        for (what, addr) in [
+            ("--listen-client", &self.listen_http),
+            ("--listen-peer", &self.listen_raft),
+        ] {
             if let Some(addr) = addr {
                 check_host_port(addr).map_err(|e| ConfigError(format!("{what} {addr:?} {e}")))?;
             }

@@ -119,11 +119,21 @@ struct Cli {
     peer_cert_file: Option<PathBuf>,
 
     /// The private key (PEM) of --peer-cert-file.
-    #[arg(long, value_name = "FILE", requires = "peer_cert_file", help_heading = "Security")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "peer_cert_file",
+        help_heading = "Security"
+    )]
     peer_key_file: Option<PathBuf>,
 
     /// The CA (PEM) that signed every node's peer certificate.
-    #[arg(long, value_name = "FILE", requires = "peer_cert_file", help_heading = "Security")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "peer_cert_file",
+        help_heading = "Security"
+    )]
     peer_ca_file: Option<PathBuf>,
 
     /// Bearer tokens with roles (TOML of [[token]] name, role, sha256); re-read on SIGHUP.
@@ -233,7 +243,9 @@ impl Cli {
                 client_ca: self.client_ca_file,
             });
         }
-        if let (Some(cert), Some(key), Some(ca)) = (self.peer_cert_file, self.peer_key_file, self.peer_ca_file) {
+        if let (Some(cert), Some(key), Some(ca)) =
+            (self.peer_cert_file, self.peer_key_file, self.peer_ca_file)
+        {
             config.peer_tls = Some(kvnode::tls::PeerFiles { cert, key, ca });
         }
         config.auth_file = self.auth_file;

@@ -117,8 +117,8 @@ fn raft_answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Resp
 async fn read_all(node: &Node, body: Body) -> Result<axum::body::Bytes, Response> {
     let limit = node.config.peer_body_limit();
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let too_large =
+            std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -138,14 +138,15 @@ async fn decoded<T: DeserializeOwned>(node: &Node, body: Body) -> Result<T, Resp
     wire::decode(&bytes).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))
 }
 
-/// Under mutual TLS: the sender's certificate must name the node `vote` speaks for.
-fn speaks_for(conn: &Option<Extension<ConnInfo>>, vote: &Vote) -> Result<(), Response> {
+/// Under mutual TLS: the sender's certificate must name the node `vote` speaks for; else the
+/// refusal to send.
+fn speaks_for(conn: &Option<Extension<ConnInfo>>, vote: &Vote) -> Result<(), Box<Response>> {
     let claimed: NodeId = vote.leader_id.node_id;
     match conn.as_ref().and_then(|c| c.peer_node) {
-        Some(named) if named != claimed => Err(refuse(
+        Some(named) if named != claimed => Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
             format!("the sender's certificate names node {named}, but the message speaks for node {claimed}"),
-        )),
+        ))),
         _ => Ok(()),
     }
 }
@@ -158,7 +159,7 @@ async fn append(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo>>
     match wire::decode_append(&bytes) {
         Ok(req) => {
             if let Err(r) = speaks_for(&conn, &req.vote) {
-                return r;
+                return *r;
             }
             raft_answer(node.raft.append_entries(req).await)
         }
@@ -258,13 +259,18 @@ async fn pre_vote(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo
 
 /// A vote, or a pre-vote (would this node grant a vote?): both follow the same rule about who
 /// may vote at all (see `cluster::may_vote`).
-async fn election(node: Arc<Node>, conn: Option<Extension<ConnInfo>>, body: Body, pre_vote: bool) -> Response {
+async fn election(
+    node: Arc<Node>,
+    conn: Option<Extension<ConnInfo>>,
+    body: Body,
+    pre_vote: bool,
+) -> Response {
     let req: VoteRequest<TypeConfig> = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
     if let Err(r) = speaks_for(&conn, &req.vote) {
-        return r;
+        return *r;
     }
     if let Err(why) = cluster::may_vote(&node, &req) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -286,7 +292,7 @@ async fn transfer_leader(
         Err(r) => return r,
     };
     if let Err(r) = speaks_for(&conn, req.from_leader()) {
-        return r;
+        return *r;
     }
     raft_answer(node.raft.handle_transfer_leader(req).await)
 }
@@ -327,7 +333,7 @@ async fn receive_snapshot(
     let (header, mut rest) = loop {
         if let Some((frame, rest)) = wire::split_frame(&buf) {
             let header: SnapshotHeader = wire::decode(frame).map_err(|e| bad(e.to_string()))?;
-            speaks_for(conn, &header.vote)?;
+            speaks_for(conn, &header.vote).map_err(|r| *r)?;
             if header.len > max_bytes {
                 return Err(refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -151,7 +151,9 @@ impl PeerClient {
             addr: addr.to_string(),
             reason,
         };
-        let config = tls.client_config_for(target).map_err(|e| not_sent(e.to_string()))?;
+        let config = tls
+            .client_config_for(target)
+            .map_err(|e| not_sent(e.to_string()))?;
         let client = builder()
             .tls_backend_preconfigured((*config).clone())
             .build()

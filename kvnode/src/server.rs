@@ -158,8 +158,8 @@ pub async fn run(
         .map_err(|e| RunError::Raft(format!("opening the data directory failed: {e}")))??;
     log_what_was_found(&data);
     let started_pristine = data.log.is_pristine();
-    let peers =
-        PeerClient::new(config.cluster.clone(), peer_tls.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
+    let peers = PeerClient::new(config.cluster.clone(), peer_tls.clone())
+        .map_err(|e| RunError::Raft(e.to_string()))?;
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),

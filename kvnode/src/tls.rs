@@ -238,12 +238,13 @@ impl PeerTls {
     /// The client side for connections to node `target`: presents this node's certificate and
     /// accepts only a certificate from the peer CA that names `target`.
     pub fn client_config_for(&self, target: NodeId) -> Result<Arc<ClientConfig>, TlsError> {
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Rustls {
-                what: "peer TLS",
-                source: rustls::Error::General(e.to_string()),
-            })?;
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+                .build()
+                .map_err(|e| TlsError::Rustls {
+                    what: "peer TLS",
+                    source: rustls::Error::General(e.to_string()),
+                })?;
         let name = ServerName::try_from(node_name(target)).map_err(|e| TlsError::Rustls {
             what: "peer TLS",
             source: rustls::Error::General(e.to_string()),

@@ -152,7 +152,13 @@ fn the_description_documents_the_answers_of_a_node_with_tokens() {
                 );
             }
             let r = c
-                .request(0, &method.to_uppercase(), &concrete, None, &[("authorization", "")])
+                .request(
+                    0,
+                    &method.to_uppercase(),
+                    &concrete,
+                    None,
+                    &[("authorization", "")],
+                )
                 .expect("answer");
             assert_eq!(r.status, 401, "{method} {path}: {:?}", r.json);
             assert_eq!(r.json["error"]["code"], "unauthenticated");

@@ -46,8 +46,8 @@ fn rogue_identity(names: &[&str]) -> (CertificateDer<'static>, Identity) {
     let ca_cert = ca.self_signed(&ca_key).expect("ca");
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().expect("key");
-    let mut leaf =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    let mut leaf = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("params");
     leaf.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -71,10 +71,11 @@ fn roots(ca: &Path) -> rustls::RootCertStore {
 }
 
 fn client_config(roots: rustls::RootCertStore, identity: Option<Identity>) -> Arc<rustls::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
     Arc::new(match identity {
         Some(id) => builder.with_client_auth_cert(id.chain, id.key).expect("identity"),
         None => builder.with_no_client_auth(),
@@ -90,8 +91,10 @@ enum Conn {
 impl Conn {
     fn open(addr: &str, tls: Option<(Arc<rustls::ClientConfig>, &str)>) -> Conn {
         let tcp = TcpStream::connect(addr).expect("connect");
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        tcp.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         match tls {
             None => Conn::Plain(tcp),
             Some((config, name)) => {
@@ -153,7 +156,10 @@ fn status_of(answer: &str) -> Option<u16> {
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n", body.len());
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -199,7 +205,10 @@ fn tls_on_both_ports_and_refusals_at_the_handshake() {
     let leader = c.leader_id().expect("leader");
     let follower = c.ids().into_iter().find(|i| *i != leader).expect("follower");
     assert_eq!(c.put(follower, "a", json!(["cat"])).expect("answer").status, 200);
-    assert_eq!(c.append(leader, "a", json!("dog"), None).expect("answer").status, 200);
+    assert_eq!(
+        c.append(leader, "a", json!("dog"), None).expect("answer").status,
+        200
+    );
     for id in c.ids() {
         assert_eq!(c.get(id, "a"), Some(Some(json!(["cat", "dog"]))), "node {id}");
     }
@@ -214,12 +223,20 @@ fn tls_on_both_ports_and_refusals_at_the_handshake() {
     let (rogue_ca, _) = rogue_identity(&["localhost"]);
     let mut other = rustls::RootCertStore::empty();
     other.add(rogue_ca).expect("root");
-    let refused = Conn::open(&http, Some((client_config(other, None), "localhost")))
-        .exchange(&request("GET", "/keys/a", &[], b""));
+    let refused = Conn::open(&http, Some((client_config(other, None), "localhost"))).exchange(&request(
+        "GET",
+        "/keys/a",
+        &[],
+        b"",
+    ));
     assert_eq!(status_of(&refused), None);
     // And curl's view: the CA from kvnode certs, the name localhost.
-    let ok = Conn::open(&http, Some((client_config(roots(&ca), None), "localhost")))
-        .exchange(&request("GET", "/keys/a", &[], b""));
+    let ok = Conn::open(&http, Some((client_config(roots(&ca), None), "localhost"))).exchange(&request(
+        "GET",
+        "/keys/a",
+        &[],
+        b"",
+    ));
     assert_eq!(status_of(&ok), Some(200), "{ok}");
 
     // The peer port: every credential but a node's own certificate is refused.
@@ -238,7 +255,13 @@ fn tls_on_both_ports_and_refusals_at_the_handshake() {
         ("TLS without a client certificate", Conn::open(&peer, tls(None))),
         (
             "the CA's client certificate, which names no node",
-            Conn::open(&peer, tls(Some(load_identity(&dir.join("client.pem"), &dir.join("client.key"))))),
+            Conn::open(
+                &peer,
+                tls(Some(load_identity(
+                    &dir.join("client.pem"),
+                    &dir.join("client.key"),
+                ))),
+            ),
         ),
         (
             "a certificate of another CA naming node 1",
@@ -251,11 +274,19 @@ fn tls_on_both_ports_and_refusals_at_the_handshake() {
     }
     let node1 = load_identity(&dir.join("node1-peer.pem"), &dir.join("node1-peer.key"));
     let answer = probe(Conn::open(&peer, tls(Some(node1))));
-    assert_eq!(status_of(&answer), Some(200), "a node's own certificate is let in: {answer}");
+    assert_eq!(
+        status_of(&answer),
+        Some(200),
+        "a node's own certificate is let in: {answer}"
+    );
 }
 
 fn members(c: &Cluster) -> Vec<(NodeId, String)> {
-    c.description().node.iter().map(|n| (n.id, n.raft.clone())).collect()
+    c.description()
+        .node
+        .iter()
+        .map(|n| (n.id, n.raft.clone()))
+        .collect()
 }
 
 fn files_of(c: &Cluster, id: NodeId) -> kvnode::tls::PeerFiles {
@@ -283,7 +314,8 @@ fn a_peer_must_present_a_certificate_naming_the_node_it_is() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let node1 = peer_addr(&c, 1);
     runtime.block_on(async {
-        let peers = kvnode::peer_client::PeerClient::new(fingerprint.clone(), Some(tls.clone())).expect("client");
+        let peers =
+            kvnode::peer_client::PeerClient::new(fingerprint.clone(), Some(tls.clone())).expect("client");
         let probe = |target: NodeId| {
             let peers = peers.clone();
             let node1 = node1.clone();
@@ -308,11 +340,16 @@ fn a_peer_must_present_a_certificate_naming_the_node_it_is() {
         let mut network = kvnode::peer_client::PeerNetwork::new(peers.clone());
         let option = RPCOption::new(Duration::from_secs(2));
         let mut wrong = network.new_client(2, &info(&node1)).await;
-        let refused = wrong.stream_append(futures_util::stream::empty(), option.clone()).await;
+        let refused = wrong
+            .stream_append(futures_util::stream::empty(), option.clone())
+            .await;
         let err = refused.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.to_lowercase().contains("valid for"), "{err}");
         let mut right = network.new_client(1, &info(&node1)).await;
-        assert!(right.stream_append(futures_util::stream::empty(), option).await.is_ok());
+        assert!(right
+            .stream_append(futures_util::stream::empty(), option)
+            .await
+            .is_ok());
     });
 
     // The other way: a peer whose certificate names node 1 cannot speak for node 2.
@@ -320,7 +357,10 @@ fn a_peer_must_present_a_certificate_naming_the_node_it_is() {
     let dir = certs(&c);
     let config = client_config(
         roots(&dir.join("ca.pem")),
-        Some(load_identity(&dir.join("node1-peer.pem"), &dir.join("node1-peer.key"))),
+        Some(load_identity(
+            &dir.join("node1-peer.pem"),
+            &dir.join("node1-peer.key"),
+        )),
     );
     let vote = openraft::raft::VoteRequest::<TypeConfig>::new(Vote::new(before + 1_000_000, 2), None);
     let headers = [
@@ -329,8 +369,12 @@ fn a_peer_must_present_a_certificate_naming_the_node_it_is() {
         ("content-type", "application/msgpack".to_string()),
     ];
     for path in [route::VOTE, route::PRE_VOTE] {
-        let answer = Conn::open(&peer_addr(&c, 0), Some((config.clone(), "node-0.kv")))
-            .exchange(&request("POST", path, &headers, &wire::encode(&vote)));
+        let answer = Conn::open(&peer_addr(&c, 0), Some((config.clone(), "node-0.kv"))).exchange(&request(
+            "POST",
+            path,
+            &headers,
+            &wire::encode(&vote),
+        ));
         assert_eq!(status_of(&answer), Some(403), "{path}: {answer}");
         assert!(answer.contains("names node 1"), "{answer}");
     }
@@ -343,8 +387,12 @@ fn a_peer_must_present_a_certificate_naming_the_node_it_is() {
         },
         1 << 20,
     );
-    let answer = Conn::open(&peer_addr(&c, 0), Some((config, "node-0.kv")))
-        .exchange(&request("POST", route::APPEND, &headers, &append));
+    let answer = Conn::open(&peer_addr(&c, 0), Some((config, "node-0.kv"))).exchange(&request(
+        "POST",
+        route::APPEND,
+        &headers,
+        &append,
+    ));
     assert_eq!(status_of(&answer), Some(403), "{answer}");
     assert_eq!(c.status(0).expect("status").term, before, "the term did not move");
 }
@@ -388,16 +436,32 @@ fn tokens_with_roles_and_a_reload_on_sighup() {
     };
 
     let none = as_(follower, "GET", "/keys/k", "");
-    assert_eq!((none.status, none.json["error"]["code"].as_str()), (401, Some("unauthenticated")));
+    assert_eq!(
+        (none.status, none.json["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
     assert_eq!(none.headers["www-authenticate"], r#"Bearer realm="kvnode""#);
     let bad = as_(follower, "POST", "/keys/k", "not-a-token");
     assert_eq!(bad.status, 401);
-    assert!(bad.headers["www-authenticate"].to_str().expect("ascii").contains("invalid_token"));
+    assert!(bad.headers["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .contains("invalid_token"));
 
     let read = as_(follower, "POST", "/keys/k", &tokens.read);
-    assert_eq!((read.status, read.json["error"]["code"].as_str()), (403, Some("forbidden")));
-    assert!(read.json["error"]["message"].as_str().expect("message").contains("needs write"));
-    assert_eq!(as_(follower, "GET", "/keys/k", &tokens.read).status, 404, "read may read");
+    assert_eq!(
+        (read.status, read.json["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert!(read.json["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("needs write"));
+    assert_eq!(
+        as_(follower, "GET", "/keys/k", &tokens.read).status,
+        404,
+        "read may read"
+    );
     assert_eq!(as_(follower, "GET", "/admin/status", &tokens.read).status, 200);
     // A write through a follower is forwarded and applied.
     assert_eq!(as_(follower, "POST", "/keys/k", &tokens.write).status, 200);
@@ -411,7 +475,10 @@ fn tokens_with_roles_and_a_reload_on_sighup() {
 
     // SIGHUP: a new file takes over on every node; the old tokens stop working.
     let fresh = testkit::new_token();
-    write_auth(&c.auth_file().expect("auth file"), &[("new-ops", "admin", &fresh)]);
+    write_auth(
+        &c.auth_file().expect("auth file"),
+        &[("new-ops", "admin", &fresh)],
+    );
     for id in c.ids() {
         c.signal(id, libc::SIGHUP);
     }
@@ -432,7 +499,13 @@ fn tokens_with_roles_and_a_reload_on_sighup() {
     // No token ever reaches a log.
     for id in c.ids() {
         let log = c.log(id);
-        for secret in [&tokens.read, &tokens.write, &tokens.admin, &fresh, &"not-a-token".to_string()] {
+        for secret in [
+            &tokens.read,
+            &tokens.write,
+            &tokens.admin,
+            &fresh,
+            &"not-a-token".to_string(),
+        ] {
             assert!(!log.contains(secret.as_str()), "node {id} logged a token");
         }
     }
@@ -441,9 +514,16 @@ fn tokens_with_roles_and_a_reload_on_sighup() {
 /// Start one node by hand with extra arguments; returns its guard and its two addresses.
 fn one_node(dir: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
     let ports = free_ports(2);
-    let (http, raft) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    let (http, raft) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
     let cluster = dir.join("one.toml");
-    std::fs::write(&cluster, format!("[[node]]\nid = 0\nhttp = \"{http}\"\nraft = \"{raft}\"\n")).expect("file");
+    std::fs::write(
+        &cluster,
+        format!("[[node]]\nid = 0\nhttp = \"{http}\"\nraft = \"{raft}\"\n"),
+    )
+    .expect("file");
     let log = dir.join("node.log");
     let child = std::process::Command::new(kvnode_bin())
         .arg("--cluster")
@@ -468,7 +548,8 @@ fn one_node(dir: &Path, extra: &[&str]) -> (ChildGuard, String, String) {
 fn slowloris_headers(addr: &str) -> Duration {
     let started = Instant::now();
     let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
     let _ = tcp.write_all(b"GET /keys/a HTTP/1.1\r\nhost: x\r\n");
     let mut buf = [0u8; 1024];
     while started.elapsed() < Duration::from_secs(20) {
@@ -477,7 +558,9 @@ fn slowloris_headers(addr: &str) -> Duration {
         }
         match tcp.read(&mut buf) {
             Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            }
             Err(_) => break,
         }
     }
@@ -488,7 +571,8 @@ fn slowloris_headers(addr: &str) -> Duration {
 fn slowloris_body(addr: &str) -> (String, Duration) {
     let started = Instant::now();
     let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
     let _ = tcp.write_all(b"POST /keys/slow HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{");
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -504,7 +588,9 @@ fn slowloris_body(addr: &str) -> (String, Duration) {
                     break;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            }
             Err(_) => break,
         }
     }
@@ -520,13 +606,22 @@ fn slow_clients_are_cut_off_and_do_not_hold_up_shutdown() {
     );
     for (what, addr) in [("client", &http), ("peer", &raft)] {
         let took = slowloris_headers(addr);
-        assert!(took < Duration::from_secs(4), "{what} port: a header slowloris lasted {took:?}");
+        assert!(
+            took < Duration::from_secs(4),
+            "{what} port: a header slowloris lasted {took:?}"
+        );
     }
     let (answer, took) = slowloris_body(&http);
-    assert!(took < Duration::from_secs(4), "a body slowloris lasted {took:?}: {answer}");
+    assert!(
+        took < Duration::from_secs(4),
+        "a body slowloris lasted {took:?}: {answer}"
+    );
     assert!(answer.contains("did not arrive within 1000 ms"), "{answer}");
     let client = testkit::http_client(None, None);
-    let slow = client.get(format!("http://{http}/keys/slow")).send().expect("answer");
+    let slow = client
+        .get(format!("http://{http}/keys/slow"))
+        .send()
+        .expect("answer");
     assert_eq!(slow.status(), 404, "the cut-off write changed nothing");
     drop(node);
 
@@ -549,7 +644,9 @@ fn slow_clients_are_cut_off_and_do_not_hold_up_shutdown() {
     ];
     for (addr, stuck_body) in [&http, &raft].into_iter().zip(stuck_bodies) {
         let mut headers = TcpStream::connect(addr).expect("connect");
-        headers.write_all(b"GET /keys/a HTTP/1.1\r\nhost: x\r\nx-slow: 1\r\n").expect("write");
+        headers
+            .write_all(b"GET /keys/a HTTP/1.1\r\nhost: x\r\nx-slow: 1\r\n")
+            .expect("write");
         let mut body = TcpStream::connect(addr).expect("connect");
         body.write_all(stuck_body.as_bytes()).expect("write");
         slow.extend([headers, body]);
@@ -561,7 +658,9 @@ fn slow_clients_are_cut_off_and_do_not_hold_up_shutdown() {
     let started = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
-    let status = poll(Duration::from_secs(30), "the node to exit", || node.child.try_wait().ok().flatten());
+    let status = poll(Duration::from_secs(30), "the node to exit", || {
+        node.child.try_wait().ok().flatten()
+    });
     let took = started.elapsed();
     assert!(status.success(), "{status:?}");
     // The grace for requests in flight is the write timeout plus a second (6 s); slow clients
@@ -573,7 +672,10 @@ fn slow_clients_are_cut_off_and_do_not_hold_up_shutdown() {
 #[test]
 fn past_the_cap_a_node_answers_503_overloaded_at_once() {
     let dir = tempfile::tempdir().expect("dir");
-    let (_node, http, _) = one_node(dir.path(), &["--max-client-requests", "2", "--body-timeout-ms", "20000"]);
+    let (_node, http, _) = one_node(
+        dir.path(),
+        &["--max-client-requests", "2", "--body-timeout-ms", "20000"],
+    );
     // Two requests in progress: headers sent, bodies not yet.
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -594,13 +696,17 @@ fn past_the_cap_a_node_answers_503_overloaded_at_once() {
     // The requests in progress finish; then there is room again.
     for tcp in &mut held {
         tcp.write_all(b"\"PUT\",\"value\":7}").expect("finish the body");
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         let mut buf = [0u8; 512];
         let n = tcp.read(&mut buf).expect("answer");
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     }
     drop(held);
-    let r = client.get(format!("http://{http}/keys/held")).send().expect("answer");
+    let r = client
+        .get(format!("http://{http}/keys/held"))
+        .send()
+        .expect("answer");
     assert_eq!(r.status(), 200);
 }
 
@@ -611,9 +717,15 @@ fn a_node_listens_apart_from_the_addresses_it_advertises() {
     let (listen_http, listen_raft) = (format!("0.0.0.0:{}", ports[0]), format!("0.0.0.0:{}", ports[1]));
     let (node, http, _) = {
         let cluster = dir.path().join("one.toml");
-        let (http, raft) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
-        std::fs::write(&cluster, format!("[[node]]\nid = 0\nhttp = \"{http}\"\nraft = \"{raft}\"\n"))
-            .expect("file");
+        let (http, raft) = (
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        );
+        std::fs::write(
+            &cluster,
+            format!("[[node]]\nid = 0\nhttp = \"{http}\"\nraft = \"{raft}\"\n"),
+        )
+        .expect("file");
         let log = dir.path().join("node.log");
         let child = std::process::Command::new(kvnode_bin())
             .arg("--cluster")
@@ -630,10 +742,24 @@ fn a_node_listens_apart_from_the_addresses_it_advertises() {
     let other = format!("127.0.0.2:{}", ports[0]);
     let client = testkit::http_client(None, None);
     let status: serde_json::Value = poll(Duration::from_secs(30), "an answer at 127.0.0.2", || {
-        serde_json::from_str(&client.get(format!("http://{other}/admin/status")).send().ok()?.text().ok()?).ok()
+        serde_json::from_str(
+            &client
+                .get(format!("http://{other}/admin/status"))
+                .send()
+                .ok()?
+                .text()
+                .ok()?,
+        )
+        .ok()
     });
-    assert_eq!(status["members"][0]["http"], http, "it advertises the cluster file's address");
-    assert!(TcpStream::connect(format!("127.0.0.2:{}", ports[1])).is_ok(), "the peer port too");
+    assert_eq!(
+        status["members"][0]["http"], http,
+        "it advertises the cluster file's address"
+    );
+    assert!(
+        TcpStream::connect(format!("127.0.0.2:{}", ports[1])).is_ok(),
+        "the peer port too"
+    );
     drop(node);
 }
 
@@ -679,7 +805,11 @@ fn junk_thrown_at_every_endpoint_changes_nothing() {
     let keys = ["x", "y", "k"];
     let leader = c.wait_for_leader(Duration::from_secs(10));
     for id in c.ids() {
-        c.wait_applied(id, c.status(leader).and_then(|s| s.last_applied).unwrap_or(0), Duration::from_secs(10));
+        c.wait_applied(
+            id,
+            c.status(leader).and_then(|s| s.last_applied).unwrap_or(0),
+            Duration::from_secs(10),
+        );
     }
     let before = state(&c, &keys);
     let dir = certs(&c);
@@ -691,7 +821,15 @@ fn junk_thrown_at_every_endpoint_changes_nothing() {
 
     // The client port: without a token, with a bad one, or with a read token, nothing that
     // writes gets through; bodies are junk, lengths are lies, headers are forged.
-    let client_routes = ["/keys/k", "/keys/x", "/keys", "/keys/", "/admin/status", "/admin/members", "/raft/vote"];
+    let client_routes = [
+        "/keys/k",
+        "/keys/x",
+        "/keys",
+        "/keys/",
+        "/admin/status",
+        "/admin/members",
+        "/raft/vote",
+    ];
     for id in c.ids() {
         for path in client_routes {
             for method in ["GET", "POST", "PUT", "DELETE"] {
@@ -710,8 +848,11 @@ fn junk_thrown_at_every_endpoint_changes_nothing() {
                         .collect();
                     sends.push(huge_declared(method, path, &headers));
                     for bytes in sends {
-                        let answer = Conn::open(&c.http_addr(id), Some((client_config(ca.clone(), None), "localhost")))
-                            .exchange(&bytes);
+                        let answer = Conn::open(
+                            &c.http_addr(id),
+                            Some((client_config(ca.clone(), None), "localhost")),
+                        )
+                        .exchange(&bytes);
                         if let Some(status) = status_of(&answer) {
                             answers += 1;
                             if method != "GET" {
@@ -731,8 +872,14 @@ fn junk_thrown_at_every_endpoint_changes_nothing() {
     // certificate with junk bodies gets errors.
     let stranger_sets: Vec<(&str, Option<Identity>)> = vec![
         ("no certificate", None),
-        ("a client certificate", Some(load_identity(&dir.join("client.pem"), &dir.join("client.key")))),
-        ("another CA's node certificate", Some(rogue_identity(&["node-1.kv", "127.0.0.1"]).1)),
+        (
+            "a client certificate",
+            Some(load_identity(&dir.join("client.pem"), &dir.join("client.key"))),
+        ),
+        (
+            "another CA's node certificate",
+            Some(rogue_identity(&["node-1.kv", "127.0.0.1"]).1),
+        ),
     ];
     let node1 = || load_identity(&dir.join("node1-peer.pem"), &dir.join("node1-peer.key"));
     for id in c.ids() {
@@ -760,10 +907,12 @@ fn junk_thrown_at_every_endpoint_changes_nothing() {
                         chain: i.chain.clone(),
                         key: i.key.clone_key(),
                     });
-                    let answer = Conn::open(&addr, Some((client_config(ca.clone(), identity), &name))).exchange(bytes);
+                    let answer =
+                        Conn::open(&addr, Some((client_config(ca.clone(), identity), &name))).exchange(bytes);
                     assert_eq!(status_of(&answer), None, "{what} at {path}: {answer}");
                 }
-                let answer = Conn::open(&addr, Some((client_config(ca.clone(), Some(node1())), &name))).exchange(bytes);
+                let answer = Conn::open(&addr, Some((client_config(ca.clone(), Some(node1())), &name)))
+                    .exchange(bytes);
                 if let Some(status) = status_of(&answer) {
                     answers += 1;
                     let upgraded = *path == route::STREAM && status == 101;
@@ -777,18 +926,29 @@ fn junk_thrown_at_every_endpoint_changes_nothing() {
             }
         }
         // A replication stream whose first frame claims 4 GiB, and one of random frames.
-        for frame in [vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], (0..512).map(|_| rng.gen()).collect::<Vec<u8>>()] {
+        for frame in [
+            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            (0..512).map(|_| rng.gen()).collect::<Vec<u8>>(),
+        ] {
             let mut upgrade = request("POST", route::STREAM, &headers, b"");
             upgrade.extend_from_slice(&frame);
-            let _ = Conn::open(&addr, Some((client_config(ca.clone(), Some(node1())), &name))).exchange(&upgrade);
+            let _ =
+                Conn::open(&addr, Some((client_config(ca.clone(), Some(node1())), &name))).exchange(&upgrade);
         }
     }
-    assert!(answers > 100, "the junk must have been answered, not only dropped ({answers})");
+    assert!(
+        answers > 100,
+        "the junk must have been answered, not only dropped ({answers})"
+    );
     for id in c.ids() {
         assert!(c.status(id).is_some(), "node {id} still answers");
     }
     assert_eq!(state(&c, &keys), before, "junk changed the cluster (seed {seed})");
-    assert_eq!(c.put(2, "k", json!("after")).expect("answer").status, 200, "and it still works");
+    assert_eq!(
+        c.put(2, "k", json!("after")).expect("answer").status,
+        200,
+        "and it still works"
+    );
 }
 
 #[test]
@@ -812,8 +972,14 @@ fn forged_identity_headers_and_junk_on_a_plain_peer_port_change_nothing() {
     let vote = openraft::raft::VoteRequest::<TypeConfig>::new(Vote::new(1_000_000_000_000, 1), None);
     let valid_vote = wire::encode(&vote);
     for id in c.ids() {
-        let headers = vec![(TARGET_HEADER, id.to_string()), (CLUSTER_HEADER, fingerprint.clone())];
-        for path in PEER_ROUTES.iter().filter(|p| **p != route::PROBE && **p != route::FORWARD_READ_INDEX) {
+        let headers = vec![
+            (TARGET_HEADER, id.to_string()),
+            (CLUSTER_HEADER, fingerprint.clone()),
+        ];
+        for path in PEER_ROUTES
+            .iter()
+            .filter(|p| **p != route::PROBE && **p != route::FORWARD_READ_INDEX)
+        {
             let mut sends: Vec<Vec<u8>> = junk_bodies(&mut rng, &valid_vote)
                 .iter()
                 .map(|b| request("POST", path, &headers, b))
@@ -824,14 +990,23 @@ fn forged_identity_headers_and_junk_on_a_plain_peer_port_change_nothing() {
             for bytes in sends {
                 let answer = Conn::open(&peer_addr(&c, id), None).exchange(&bytes);
                 if let Some(status) = status_of(&answer) {
-                    assert!(!(200..300).contains(&status), "{path} answered {status}: {answer}");
+                    assert!(
+                        !(200..300).contains(&status),
+                        "{path} answered {status}: {answer}"
+                    );
                 }
             }
         }
         // A body past the peer limit is refused with 413, however it is framed.
         let huge = vec![0u8; 16 * 1024 * 1024];
-        let answer = Conn::open(&peer_addr(&c, id), None).exchange(&request("POST", route::APPEND, &headers, &huge));
-        assert_eq!(status_of(&answer), Some(413), "{}", &answer[..answer.len().min(200)]);
+        let answer =
+            Conn::open(&peer_addr(&c, id), None).exchange(&request("POST", route::APPEND, &headers, &huge));
+        assert_eq!(
+            status_of(&answer),
+            Some(413),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
     }
     // The forward path is no way around the value limit: the leader checks again.
     let big = kvnode::types::Op {
@@ -840,9 +1015,16 @@ fn forged_identity_headers_and_junk_on_a_plain_peer_port_change_nothing() {
         idem: None,
     };
     let forward = wire::ForwardWrite { op: big, size: 1 };
-    let headers = [(TARGET_HEADER, leader.to_string()), (CLUSTER_HEADER, fingerprint.clone())];
-    let answer = Conn::open(&peer_addr(&c, leader), None)
-        .exchange(&request("POST", route::FORWARD_WRITE, &headers, &wire::encode(&forward)));
+    let headers = [
+        (TARGET_HEADER, leader.to_string()),
+        (CLUSTER_HEADER, fingerprint.clone()),
+    ];
+    let answer = Conn::open(&peer_addr(&c, leader), None).exchange(&request(
+        "POST",
+        route::FORWARD_WRITE,
+        &headers,
+        &wire::encode(&forward),
+    ));
     assert!(status_of(&answer).is_some_and(|s| s >= 400), "{answer}");
     let empty_key = wire::ForwardWrite {
         op: kvnode::types::Op {
@@ -852,8 +1034,12 @@ fn forged_identity_headers_and_junk_on_a_plain_peer_port_change_nothing() {
         },
         size: 0,
     };
-    let answer = Conn::open(&peer_addr(&c, leader), None)
-        .exchange(&request("POST", route::FORWARD_WRITE, &headers, &wire::encode(&empty_key)));
+    let answer = Conn::open(&peer_addr(&c, leader), None).exchange(&request(
+        "POST",
+        route::FORWARD_WRITE,
+        &headers,
+        &wire::encode(&empty_key),
+    ));
     assert!(status_of(&answer).is_some_and(|s| s >= 400), "{answer}");
 
     for id in c.ids() {

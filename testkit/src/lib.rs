@@ -556,12 +556,17 @@ impl Cluster {
     ) -> Option<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, format!("{}{}", self.url(id), path));
-        let own_auth = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let own_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
         if let (Some(tokens), false) = (&self.tokens, own_auth) {
             req = req.bearer_auth(&tokens.admin);
         }
         // An empty Authorization value given by the test means: send none.
-        for (k, v) in headers.iter().filter(|(k, v)| !(k.eq_ignore_ascii_case("authorization") && v.is_empty())) {
+        for (k, v) in headers
+            .iter()
+            .filter(|(k, v)| !(k.eq_ignore_ascii_case("authorization") && v.is_empty()))
+        {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
@@ -702,12 +707,19 @@ fn secure_files(
     }
     if let Some(tokens) = &tokens {
         let auth = dir.join("auth.toml");
-        let text: String = [("reader", "read", &tokens.read), ("writer", "write", &tokens.write), ("ops", "admin", &tokens.admin)]
-            .iter()
-            .map(|(name, role, token)| {
-                format!("[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n\n", sha256_hex(token))
-            })
-            .collect();
+        let text: String = [
+            ("reader", "read", &tokens.read),
+            ("writer", "write", &tokens.write),
+            ("ops", "admin", &tokens.admin),
+        ]
+        .iter()
+        .map(|(name, role, token)| {
+            format!(
+                "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n\n",
+                sha256_hex(token)
+            )
+        })
+        .collect();
         std::fs::write(&auth, text).expect("write the auth file");
         let token_file = dir.join("admin.token");
         std::fs::write(&token_file, format!("{}\n", tokens.admin)).expect("write the token file");

@@ -226,9 +226,9 @@ impl Client {
                     );
                     Ok(via)
                 }
-                None if answered == 0 && refused.is_some() => {
-                    Err(Undiscovered::Refused(refused.unwrap_or(Failure::NotSent(String::new()))))
-                }
+                None if answered == 0 && refused.is_some() => Err(Undiscovered::Refused(
+                    refused.unwrap_or(Failure::NotSent(String::new())),
+                )),
                 None if dead_leader.is_some() => Err(Undiscovered::Retry(format!(
                     "the last known leader{} does not answer; waiting for a new election",
                     dead_leader

@@ -189,8 +189,8 @@ impl Client {
         let connect = Duration::from_secs(1)
             .min(config.attempt_timeout)
             .min(config.probe_timeout);
-        let transport =
-            Transport::with_security(connect, &config.security).map_err(|e| ClientError::Other(e.to_string()))?;
+        let transport = Transport::with_security(connect, &config.security)
+            .map_err(|e| ClientError::Other(e.to_string()))?;
         let addresses = config
             .endpoints
             .iter()
