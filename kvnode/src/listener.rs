@@ -18,14 +18,16 @@
 //! - **A shutdown that slow clients cannot hold up.** On shutdown the listener stops
 //!   accepting, every connection is asked to finish its request in progress and close, every
 //!   body still being read fails at once (a request whose body has not arrived has done
-//!   nothing yet, so cutting it changes nothing), and whatever is still running after a grace
-//!   period is abandoned.
+//!   nothing yet, so cutting it changes nothing), a connection with no request being handled
+//!   (one still sending its headers, say) is closed at once, and whatever is still running
+//!   after a grace period is abandoned.
 //!
 //! Every request carries a [`ConnInfo`] extension saying where it came from.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -184,12 +186,20 @@ async fn serve_connection<Io>(
     let body_timeout = config.body_timeout;
     let streamed = config.streamed_paths;
     let body_stopping = stopping.clone();
+    // Requests of this connection being handled (0 or 1: HTTP/1.1 serves one at a time).
+    let handling = Arc::new(AtomicUsize::new(0));
+    let counted = handling.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let total = (!streamed.contains(&req.uri().path())).then_some(body_timeout);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(info.clone());
         let body = Body::new(TimedBody::new(body, body_timeout, total, body_stopping.clone()));
-        router.clone().oneshot(hyper::Request::from_parts(parts, body))
+        let busy = Busy::enter(&counted);
+        let call = router.clone().oneshot(hyper::Request::from_parts(parts, body));
+        async move {
+            let _busy = busy;
+            call.await
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -211,7 +221,33 @@ async fn serve_connection<Io>(
     }
     // Finish the request in progress (its body, if still arriving, fails at once), then close.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    if handling.load(Ordering::Acquire) > 0 {
+        let _ = conn.await;
+        return;
+    }
+    // No request is being handled: the connection is idle, still sending its headers (hyper
+    // would wait for them until the header timeout, though nothing has been done yet), or
+    // being sent the answer of a request just handled, which needs only a moment.
+    let _ = tokio::time::timeout(ANSWER_FLUSH, conn).await;
+}
+
+/// How long a connection with no request being handled may take to close on shutdown.
+const ANSWER_FLUSH: Duration = Duration::from_millis(200);
+
+/// Counts a request as being handled until dropped.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::AcqRel);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a request body stopped.

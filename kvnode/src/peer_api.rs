@@ -116,14 +116,19 @@ fn raft_answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Resp
 /// Read a whole body of at most the peer body limit.
 async fn read_all(node: &Node, body: Body) -> Result<axum::body::Bytes, Response> {
     let limit = node.config.peer_body_limit();
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the {limit} bytes a peer request may carry"),
+        )
+    };
+    // A declared length past the limit is refused before a byte of the body is read.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large =
-            std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than the {limit} bytes a peer request may carry"),
-            )
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
         } else {
             refuse(
                 StatusCode::BAD_REQUEST,
