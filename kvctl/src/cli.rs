@@ -101,14 +101,17 @@ pub struct Cli {
         long,
         value_name = "FILE",
         global = true,
-        requires = "key",
+        requires = "tls_key",
         help_heading = "Security"
     )]
     pub cert: Option<PathBuf>,
 
     /// The private key (PEM) of --cert
+    // Its id is not `key`: a global argument shares its id space with every subcommand's, and
+    // `get KEY` has one called `key`.
     #[arg(
-        long,
+        id = "tls_key",
+        long = "key",
         value_name = "FILE",
         global = true,
         requires = "cert",
@@ -138,7 +141,7 @@ pub fn repl_grammar() -> clap::Command {
         .mut_arg("endpoints", |a| a.hide(true))
         .mut_arg("cacert", |a| a.hide(true))
         .mut_arg("cert", |a| a.hide(true))
-        .mut_arg("key", |a| a.hide(true))
+        .mut_arg("tls_key", |a| a.hide(true))
         .mut_arg("token", |a| a.hide(true))
 }
 
@@ -776,6 +779,50 @@ mod tests {
     fn config(args: &[&str], stdin: &str) -> Result<Config, UsageError> {
         let cli = Cli::try_parse_from(args).map_err(|e| UsageError(e.to_string()))?;
         Config::from_cli(cli, &mut Cursor::new(stdin.as_bytes().to_vec()), None)
+    }
+
+    #[test]
+    fn security_flags_parse_beside_commands_with_a_key() {
+        // --key once shared its id with the `key` of get/put and panicked at runtime.
+        for args in [
+            &[
+                "kvctl", "--cacert", "ca.pem", "--cert", "c.pem", "--key", "c.key", "get", "k",
+            ][..],
+            &[
+                "kvctl", "get", "k", "--cert", "c.pem", "--key", "c.key", "--token", "t",
+            ],
+            &["kvctl", "put", "k", "1", "--key", "c.key", "--cert", "c.pem"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(
+                cli.key.as_deref(),
+                Some(std::path::Path::new("c.key")),
+                "{args:?}"
+            );
+            assert_eq!(
+                cli.cert.as_deref(),
+                Some(std::path::Path::new("c.pem")),
+                "{args:?}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["kvctl", "--cert", "c.pem", "get", "k"]).is_err(),
+            "--cert needs --key"
+        );
+        let err = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "https://h:1",
+                "--cacert",
+                "/nonexistent/ca.pem",
+                "get",
+                "k",
+            ],
+            "",
+        )
+        .expect_err("an unreadable CA is a usage error");
+        assert!(err.to_string().contains("--cacert /nonexistent/ca.pem"), "{err}");
     }
 
     #[test]
