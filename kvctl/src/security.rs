@@ -174,7 +174,9 @@ fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Tls
 /// What went wrong with TLS in `error`, said for the node at `address`; `None` when the
 /// failure is not TLS's.
 pub fn describe_tls_failure(error: &(dyn std::error::Error + 'static), address: &str) -> Option<String> {
-    let tls = tls_error(error)?;
+    let Some(tls) = tls_error(error) else {
+        return described_by_text(error, address);
+    };
     let why = match tls {
         TlsError::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
@@ -200,6 +202,37 @@ pub fn describe_tls_failure(error: &(dyn std::error::Error + 'static), address: 
             "it does not speak TLS: is it an http:// node?".to_string()
         }
         other => other.to_string(),
+    };
+    Some(format!("TLS with node {address} failed: {why}"))
+}
+
+/// The same judgement from the error chain's words, for when the rustls error reaches us only
+/// as text (reqwest and hyper wrap it in errors of their own, which do not always expose it
+/// as a source).
+fn described_by_text(error: &(dyn std::error::Error + 'static), address: &str) -> Option<String> {
+    let mut text = String::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cur {
+        text.push_str(&e.to_string());
+        text.push('\n');
+        cur = e.source();
+    }
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let why = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        "its certificate is not signed by the CA kvctl trusts (unknown CA): give the cluster's CA with --cacert or in the cluster file's [client] cacert".to_string()
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        format!("its certificate does not name {host} (name mismatch): use an address the certificate names, or a certificate that names this one")
+    } else if text.contains("certificate expired") || text.contains("Expired") {
+        "its certificate has expired: renew it".to_string()
+    } else if text.contains("received fatal alert") {
+        "it refused the TLS handshake: it may require a client certificate signed by its CA (--cert and --key)".to_string()
+    } else if text.contains("invalid peer certificate") {
+        format!(
+            "its certificate is not acceptable ({})",
+            text.lines().last().unwrap_or_default()
+        )
+    } else {
+        return None;
     };
     Some(format!("TLS with node {address} failed: {why}"))
 }
@@ -238,6 +271,10 @@ mod tests {
         assert!(describe_tls_failure(&name, "db:1")
             .expect("tls")
             .contains("does not name db"));
+        let as_text = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert!(describe_tls_failure(&as_text, "h:1")
+            .expect("tls")
+            .contains("unknown CA"));
         let other = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(describe_tls_failure(&other, "h:1"), None);
     }
