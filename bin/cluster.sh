@@ -5,6 +5,12 @@
 #                           of the cluster file that is not already running, wait for a leader,
 #                           and print how to put kvctl on the PATH. Run it again after a node
 #                           died: it starts only the missing ones.
+#   bin/cluster.sh start --tls
+#                           the same over TLS: the first time, `kvnode certs` writes a
+#                           development CA and every node's certificates into bin/run/tls, with
+#                           a cluster file (bin/run/tls/cluster.toml) that uses them; the client
+#                           ports speak HTTPS and the nodes talk mutual TLS. The mode is kept
+#                           until `stop`, so `status` and a later `start` use it too.
 #   bin/cluster.sh stop     stop the nodes started here (SIGTERM, then SIGKILL after 10 s)
 #   bin/cluster.sh status   each node of the cluster file as it answers, and which ones this
 #                           script did not start (e.g. bin/create_server*.sh in a terminal)
@@ -19,12 +25,28 @@ source "$(dirname "$0")/common.sh"
 
 [[ -f "$CLUSTER" ]] || die "cluster file $CLUSTER not found"
 
-# "id http" pairs from the cluster file.
+TLS_DIR="$RUN_DIR/tls"
+MODE_FILE="$RUN_DIR/mode"
+tls_on() { [[ "$(cat "$MODE_FILE" 2>/dev/null)" == tls ]]; }
+
+# "id http" pairs from the cluster file (without a scheme).
 nodes() {
     awk -F'=' '
         /^[[:space:]]*id[[:space:]]*=/   { gsub(/[[:space:]"]/, "", $2); id = $2 }
-        /^[[:space:]]*http[[:space:]]*=/ { gsub(/[[:space:]"]/, "", $2); print id, $2 }
+        /^[[:space:]]*http[[:space:]]*=/ { gsub(/[[:space:]"]/, "", $2); sub(/^https?:\/\//, "", $2); print id, $2 }
     ' "$CLUSTER"
+}
+
+# The cluster file the nodes run with: the TLS one in TLS mode.
+node_cluster() { if tls_on; then echo "$TLS_DIR/cluster.toml"; else echo "$CLUSTER"; fi; }
+
+# GET $1 (host:port) $2 (path) with curl, over TLS in TLS mode.
+fetch() {
+    if tls_on; then
+        curl -s --max-time 1 --cacert "$TLS_DIR/ca.pem" "https://$1$2"
+    else
+        curl -s --max-time 1 "http://$1$2"
+    fi
 }
 
 pid_of() { cat "$RUN_DIR/node$1.pid" 2>/dev/null || true; }
@@ -37,7 +59,7 @@ is_kvnode() {
 role_of() {
     # Prints "role term=T leader=L" as the node at $1 reports it, or "down".
     local out
-    if out=$(curl -s --max-time 1 "http://$1/admin/status" 2>/dev/null) && [[ -n "$out" ]]; then
+    if out=$(fetch "$1" /admin/status 2>/dev/null) && [[ -n "$out" ]]; then
         local role term leader
         role=$(sed -n 's/.*"role":"\([a-z]*\)".*/\1/p' <<<"$out")
         term=$(sed -n 's/.*"term":\([0-9]*\).*/\1/p' <<<"$out")
@@ -53,6 +75,21 @@ start() {
     build
     [[ -x "$KVNODE" ]] || die "$KVNODE is missing; run without KV_NO_BUILD=1 to build it"
     mkdir -p "$RUN_DIR"
+    if [[ "${1:-}" == --tls ]]; then
+        if ! tls_on && [[ -n "$(running_nodes)" ]]; then
+            die "nodes are running without TLS; bin/cluster.sh stop them first"
+        fi
+        if [[ ! -f "$TLS_DIR/ca.pem" ]]; then
+            "$KVNODE" certs --cluster "$CLUSTER" --out "$TLS_DIR" >/dev/null \
+                || die "kvnode certs could not write the certificates"
+            echo "certificates written to $TLS_DIR (a development CA: keep it off production)"
+        fi
+        echo tls > "$MODE_FILE"
+    elif [[ -n "${1:-}" ]]; then
+        die "unknown option $1 (start takes --tls)"
+    fi
+    local cluster_file
+    cluster_file=$(node_cluster)
     while read -r id http; do
         local pid
         pid=$(pid_of "$id")
@@ -69,7 +106,7 @@ start() {
                 ;;
         esac
         # shellcheck disable=SC2086 # KV_NODE_ARGS is a list of flags, split on purpose
-        nohup "$KVNODE" --cluster "$CLUSTER" --id "$id" --data-dir "$(data_dir "$id")" ${KV_NODE_ARGS:-} \
+        nohup "$KVNODE" --cluster "$cluster_file" --id "$id" --data-dir "$(data_dir "$id")" ${KV_NODE_ARGS:-} \
             >>"$RUN_DIR/node$id.log" 2>&1 &
         echo $! > "$RUN_DIR/node$id.pid"
         echo "node $id starting at $http (pid $!, log $RUN_DIR/node$id.log)"
@@ -98,17 +135,33 @@ start() {
     echo
     status
     echo
-    echo "leader: node ${leader% *} at http://${leader#* }"
+    local scheme=http
+    tls_on && scheme=https
+    echo "leader: node ${leader% *} at $scheme://${leader#* }"
     echo "logs and data: $RUN_DIR"
     echo
     echo "kvctl and kvnode are in $KV_BIN_DIR; to use them from this shell, paste:"
     echo
     echo "  export PATH=\"$KV_BIN_DIR:\$PATH\""
-    if [[ "$CLUSTER" != "$BIN_DIR/cluster.toml" ]]; then
+    if tls_on; then
+        echo "  export KVCTL_CLUSTER=\"$TLS_DIR/cluster.toml\""
+    elif [[ "$CLUSTER" != "$BIN_DIR/cluster.toml" ]]; then
         echo "  export KVCTL_CLUSTER=\"$CLUSTER\""
     fi
     echo
     echo "then try:  kvctl status    (and bin/cluster.sh stop to stop the nodes)"
+    if tls_on; then
+        local first
+        first=$(nodes | head -n 1)
+        echo "     curl: curl --cacert $TLS_DIR/ca.pem https://localhost:${first##*:}/keys/a"
+    fi
+}
+
+# Ids of the nodes started here that still run.
+running_nodes() {
+    while read -r id http; do
+        if is_kvnode "$(pid_of "$id")"; then echo "$id"; fi
+    done < <(nodes)
 }
 
 stop() {
@@ -132,6 +185,8 @@ stop() {
         rm -f "$RUN_DIR/node$id.pid"
     done < <(nodes)
     (( any )) || echo "no nodes started by cluster.sh were running"
+    # The next start is plain unless it says --tls again; the certificates stay for it.
+    if [[ -z "$(running_nodes)" ]]; then rm -f "$MODE_FILE"; fi
 }
 
 status() {
@@ -151,8 +206,8 @@ status() {
 }
 
 case "${1:-}" in
-    start) start ;;
+    start) start "${2:-}" ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start [--tls]|stop|status" >&2; exit 2 ;;
 esac

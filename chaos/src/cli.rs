@@ -47,6 +47,10 @@ pub struct Cli {
     /// expected to report stale-read anomalies (and exit 1).
     #[arg(long)]
     pub stale_reads: bool,
+    /// Run the cluster secured: TLS on both ports (certificates by kvnode certs) and bearer
+    /// tokens; the clients use a write-role token.
+    #[arg(long)]
+    pub secure: bool,
     /// Do not run anything: check this history file and print the verdict.
     #[arg(long, conflicts_with_all = ["history", "seed"])]
     pub check: Option<PathBuf>,
@@ -88,6 +92,7 @@ impl Cli {
         config.keys = self.keys;
         config.faults = faults;
         config.stale_reads = self.stale_reads;
+        config.secure = self.secure;
         config.pace.quick_restart = self.quick_restarts;
         if let Some(n) = self.snapshot_every {
             config

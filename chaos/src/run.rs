@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvapi::NodeId;
-use testkit::{Cluster, NodeLayout};
+use kvctl::security::{Security, Token};
+use testkit::{Cluster, NodeLayout, Secure};
 
 use crate::checker::{check, Report};
 use crate::history::{History, Op, OpKind, Outcome, Recorder, RunMeta, Seen};
@@ -72,6 +73,9 @@ pub struct RunConfig {
     /// Checker self-test: reads at random nodes are stale (see
     /// [`WorkloadConfig::stale_random_reads`]); the run is expected to find anomalies.
     pub stale_reads: bool,
+    /// Run the cluster secured: TLS on both ports (certificates by `kvnode certs`) and tokens;
+    /// the clients use the write role's token.
+    pub secure: bool,
 }
 
 impl RunConfig {
@@ -88,6 +92,7 @@ impl RunConfig {
             node_args: DEFAULT_NODE_ARGS.iter().map(|s| s.to_string()).collect(),
             converge_timeout: Duration::from_secs(60),
             stale_reads: false,
+            secure: false,
         }
     }
 
@@ -117,6 +122,7 @@ impl RunConfig {
             }
         ) + &snapshot
             + if self.stale_reads { " --stale-reads" } else { "" }
+            + if self.secure { " --secure" } else { "" }
     }
 }
 
@@ -241,6 +247,11 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
         None
     };
     let args: Vec<&str> = config.node_args.iter().map(String::as_str).collect();
+    let secure = if config.secure {
+        Secure::all()
+    } else {
+        Secure::default()
+    };
     let mut cluster = match &net {
         Some(net) => {
             let layout: Vec<NodeLayout> = net
@@ -253,10 +264,11 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
                     launch_prefix: net.launch_prefix(i),
                 })
                 .collect();
-            Cluster::spawn_with_layout(&layout, &args)
+            Cluster::spawn_secure_with_layout(&layout, &args, secure)
         }
-        None => Cluster::spawn(config.nodes, &args),
+        None => Cluster::spawn_secure(config.nodes, &args, secure),
     };
+    let security = security_of(&cluster)?;
     let started = Instant::now();
     let leader = poll(Duration::from_secs(30), || current_leader(&cluster))
         .ok_or(RunError::NoLeader(Duration::from_secs(30)))?;
@@ -288,6 +300,7 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
     let mut workload_config = WorkloadConfig::new(config.clients, config.keys, config.seed);
     workload_config.keys = keys.clone();
     workload_config.stale_random_reads = config.stale_reads;
+    workload_config.security = security.clone();
     let steps = schedule(config.seed, &faults, config.nodes, config.duration, config.pace);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -350,9 +363,9 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
     touched.sort_unstable();
     touched.dedup();
     let keys = touched;
-    runtime.block_on(final_reads(&endpoints, &keys, &recorder))?;
+    runtime.block_on(final_reads_with(&endpoints, &keys, &recorder, &security))?;
     if converged && converge(&cluster, config.converge_timeout) {
-        runtime.block_on(replica_reads(&endpoints, &keys, &recorder))?;
+        runtime.block_on(replica_reads_with(&endpoints, &keys, &recorder, &security))?;
     }
     finish_watchers(&cluster, &runtime, watchers, &finish, &recorder, converged);
     drop(runtime);
@@ -459,7 +472,33 @@ pub async fn final_reads(
     keys: &[String],
     recorder: &Recorder,
 ) -> Result<(), RunError> {
-    let client = workload::kvctl_client(nodes, Duration::from_secs(20))?;
+    final_reads_with(nodes, keys, recorder, &Security::default()).await
+}
+
+/// What the clients of a secured cluster need: its CA and the write role's token (the
+/// workload appends and reads, nothing more).
+fn security_of(cluster: &Cluster) -> Result<Security, RunError> {
+    let token = match cluster.tokens() {
+        Some(t) => Some(Token::new(&t.write).map_err(|e| WorkloadError::Setup(e.to_string()))?),
+        None => None,
+    };
+    Ok(Security {
+        https: cluster.secure().tls,
+        cacert: cluster.certs_dir().map(|d| d.join("ca.pem")),
+        cert: None,
+        key: None,
+        token,
+    })
+}
+
+/// [`final_reads`] on a secured cluster.
+pub async fn final_reads_with(
+    nodes: &[NodeEndpoint],
+    keys: &[String],
+    recorder: &Recorder,
+    security: &Security,
+) -> Result<(), RunError> {
+    let client = workload::kvctl_client_with(nodes, Duration::from_secs(20), security)?;
     for key in keys {
         let invoke = recorder.now();
         let (outcome, read, error) = match client.get(key).await {
@@ -493,25 +532,35 @@ pub async fn replica_reads(
     keys: &[String],
     recorder: &Recorder,
 ) -> Result<(), RunError> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
+    replica_reads_with(nodes, keys, recorder, &Security::default()).await
+}
+
+/// [`replica_reads`] on a secured cluster.
+pub async fn replica_reads_with(
+    nodes: &[NodeEndpoint],
+    keys: &[String],
+    recorder: &Recorder,
+    security: &Security,
+) -> Result<(), RunError> {
+    let transport = kvctl::transport::Transport::with_security(Duration::from_secs(2), security)
         .map_err(|e| WorkloadError::Setup(e.to_string()))?;
     for node in nodes {
         for key in keys {
             let invoke = recorder.now();
-            let url = format!(
-                "http://{}{}?consistency=stale",
-                node.http,
-                kvctl::endpoint::key_path(key)
-            );
-            let answer = match http.get(url).send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    resp.bytes().await.map(|b| (status, b)).map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
+            let request = kvctl::transport::Request {
+                method: reqwest::Method::GET,
+                path: format!("{}?consistency=stale", kvctl::endpoint::key_path(key)),
+                body: None,
+                idempotency_key: None,
+                precondition: None,
+            };
+            let answer = match transport
+                .send(&node.http, &request, Duration::from_secs(10))
+                .await
+            {
+                Ok(reply) => Ok((reply.status, reply.body)),
+                Err(kvctl::transport::Failure::Answered { status, .. }) => Ok((status, Vec::new())),
+                Err(failure) => Err(failure.describe()),
             };
             let (outcome, read, error) = match answer {
                 Ok((200, body)) => match serde_json::from_slice::<kvapi::GetResponse>(&body) {

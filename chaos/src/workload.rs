@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use kvapi::{ErrorCode, NodeId, WriteKind};
 use kvctl::client::new_idempotency_key;
+use kvctl::security::Security;
 use kvctl::transport::{fate, Failure, Fate, Request, Transport};
 use kvctl::{Client, ClientConfig, ClientError, Endpoint};
 use rand::rngs::StdRng;
@@ -58,6 +59,8 @@ pub struct WorkloadConfig {
     /// Send the reads at random nodes with `consistency=stale`. Only for proving that the
     /// checker catches stale reads in a real run: such a run is expected to fail.
     pub stale_random_reads: bool,
+    /// TLS and the token of a secured cluster.
+    pub security: Security,
 }
 
 /// Appends per key before a slot moves on (see [`WorkloadConfig::keys`]): long enough for a
@@ -86,6 +89,7 @@ impl WorkloadConfig {
             attempt_timeout: Duration::from_secs(2),
             seed,
             stale_random_reads: false,
+            security: Security::default(),
         }
     }
 }
@@ -115,11 +119,12 @@ pub async fn run(
     recorder: &Recorder,
     stop: Arc<AtomicBool>,
 ) -> Result<(), WorkloadError> {
-    let bare = Transport::new(Duration::from_millis(500)).map_err(|e| WorkloadError::Setup(e.to_string()))?;
+    let bare = Transport::with_security(Duration::from_millis(500), &config.security)
+        .map_err(|e| WorkloadError::Setup(e.to_string()))?;
     let appended: Arc<Vec<AtomicU64>> = Arc::new(config.keys.iter().map(|_| AtomicU64::new(0)).collect());
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..config.clients {
-        let client = kvctl_client(nodes, config.op_timeout)?;
+        let client = kvctl_client_with(nodes, config.op_timeout, &config.security)?;
         let worker = Worker {
             id: c as u32,
             config: config.clone(),
@@ -139,6 +144,15 @@ pub async fn run(
 
 /// A kvctl client for these nodes with the given operation bound.
 pub fn kvctl_client(nodes: &[NodeEndpoint], timeout: Duration) -> Result<Client, WorkloadError> {
+    kvctl_client_with(nodes, timeout, &Security::default())
+}
+
+/// [`kvctl_client`] for a secured cluster.
+pub fn kvctl_client_with(
+    nodes: &[NodeEndpoint],
+    timeout: Duration,
+    security: &Security,
+) -> Result<Client, WorkloadError> {
     let endpoints = nodes
         .iter()
         .map(|n| Endpoint {
@@ -151,6 +165,7 @@ pub fn kvctl_client(nodes: &[NodeEndpoint], timeout: Duration) -> Result<Client,
     config.attempt_timeout = Duration::from_millis(1500).min(timeout);
     // A paused node must not hold discovery longer than an attempt.
     config.probe_timeout = config.attempt_timeout;
+    config.security = security.clone();
     Client::new(config).map_err(|e| WorkloadError::Setup(e.to_string()))
 }
 

@@ -15,7 +15,7 @@ pub mod precondition;
 pub mod snapshot;
 pub mod watch;
 
-pub use cluster::{ClusterFile, ClusterFileError, NodeAddr};
+pub use cluster::{ClientSecurity, ClusterFile, ClusterFileError, NodeAddr, NodeTls};
 pub use precondition::Precondition;
 pub use watch::{ChangeKind, WatchEvent, WatchProgress};
 
@@ -198,6 +198,15 @@ pub enum ErrorCode {
     /// The learner is too far behind the leader to be promoted yet: wait until it has caught
     /// up (`kvctl member list` shows its lag) and retry. Nothing changed. (409)
     LearnerBehind,
+    /// The request carries no valid bearer token (the node runs with `--auth-file`): send
+    /// `Authorization: Bearer TOKEN`. Nothing was done. (401)
+    Unauthenticated,
+    /// The token is valid but its role does not allow this request: use a token with the
+    /// role the message names. Nothing was done. (403)
+    Forbidden,
+    /// The node is serving as many requests as it allows at once: retry after `Retry-After`.
+    /// Nothing was done. (503)
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -222,6 +231,9 @@ impl ErrorCode {
         ErrorCode::MemberNotFound,
         ErrorCode::MemberConflict,
         ErrorCode::LearnerBehind,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::Overloaded,
     ];
 
     /// HTTP status code that goes with this error.
@@ -236,7 +248,12 @@ impl ErrorCode {
             ErrorCode::ValueTooLarge => 413,
             ErrorCode::IdempotencyKeyReused | ErrorCode::IdempotencyKeyExpired => 422,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable | ErrorCode::NoQuorum | ErrorCode::ShuttingDown => 503,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::Unavailable
+            | ErrorCode::NoQuorum
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Overloaded => 503,
             ErrorCode::OutcomeUnknown => 504,
         }
     }

@@ -129,6 +129,8 @@ pub struct BenchSpec {
     pub system: System,
     /// Bound on one operation, retries included.
     pub op_timeout: Duration,
+    /// TLS and token for a secured cluster.
+    pub security: crate::security::Security,
 }
 
 impl BenchSpec {
@@ -433,6 +435,7 @@ fn classify(e: ClientError) -> (Outcome, String) {
 
 fn client_for(endpoints: &[Endpoint], spec: &BenchSpec) -> Result<Client, ClientError> {
     let mut config = ClientConfig::new(endpoints.to_vec());
+    config.security = spec.security.clone();
     config.timeout = spec.op_timeout;
     config.consistency = spec.consistency;
     Client::new(config)
@@ -446,8 +449,10 @@ pub async fn run(
 ) -> Result<BenchReport, BenchError> {
     spec.check().map_err(BenchError::Setup)?;
     let client = Arc::new(client_for(endpoints, spec)?);
-    let transport = Transport::new(Duration::from_secs(1)).map_err(|e| ClientError::Other(e.to_string()))?;
+    let transport = Transport::with_security(Duration::from_secs(1), &spec.security)
+        .map_err(|e| ClientError::Other(e.to_string()))?;
     // etcd's gateway has a sender of its own: its answers mean other things.
+    crate::security::install_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
@@ -989,6 +994,7 @@ mod tests {
             ops_log: None,
             system: System::Kv,
             op_timeout: Duration::from_secs(1),
+            security: Default::default(),
         };
         let log = WorkerLog {
             samples: vec![

@@ -23,12 +23,15 @@ use kvctl::client::WRITE_WINDOW;
 use kvctl::endpoint::Endpoint;
 use kvctl::error::format_duration;
 use kvctl::output::Format;
+use kvctl::security::{Security, Token};
 use kvctl::value::{parse_value, Source};
 use kvctl::watch::WatchTarget;
 use serde_json::Value;
 
 /// Environment variable naming the default cluster file.
 pub const CLUSTER_ENV: &str = "KVCTL_CLUSTER";
+/// Environment variable holding the bearer token.
+pub const TOKEN_ENV: &str = "KVCTL_TOKEN";
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -50,7 +53,11 @@ Values: VALUE is stored as JSON when it is valid JSON (42, true, '[\"cat\",\"dog
 must be valid JSON. --string stores the text as a string.
 
 Cluster: --endpoints, else --cluster FILE, else $KVCTL_CLUSTER, else ./cluster.toml, else the
-local cluster of bin/cluster.sh (127.0.0.1:8080-8082).";
+local cluster of bin/cluster.sh (127.0.0.1:8080-8082).
+
+Security: https:// endpoints (or https:// addresses in the cluster file, or --cacert) speak TLS;
+--cacert, --cert and --key, else the cluster file's [client] table. The token: --token, else
+$KVCTL_TOKEN, else the file named by token_file in [client]. kvctl never prints the token.";
 
 /// The operator's client for a kvnode cluster.
 #[derive(Debug, Parser)]
@@ -88,6 +95,38 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// CA certificate (PEM) that signed the nodes' certificates; means TLS
+    #[arg(long, value_name = "FILE", global = true, help_heading = "Security")]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM), for nodes that require one
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert
+    // Its id is not `key`: a global argument shares its id space with every subcommand's, and
+    // `get KEY` has one called `key`.
+    #[arg(
+        id = "tls_key",
+        long = "key",
+        value_name = "FILE",
+        global = true,
+        requires = "cert",
+        help_heading = "Security"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Bearer token [env: KVCTL_TOKEN]; other users can see a command line, so prefer the
+    /// variable or the cluster file's token_file
+    #[arg(long, value_name = "TOKEN", global = true, help_heading = "Security")]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -103,6 +142,10 @@ pub fn repl_grammar() -> clap::Command {
         .mut_subcommands(|sub| sub.disable_version_flag(true))
         .mut_arg("cluster", |a| a.hide(true))
         .mut_arg("endpoints", |a| a.hide(true))
+        .mut_arg("cacert", |a| a.hide(true))
+        .mut_arg("cert", |a| a.hide(true))
+        .mut_arg("tls_key", |a| a.hide(true))
+        .mut_arg("token", |a| a.hide(true))
 }
 
 /// `-o` values.
@@ -250,6 +293,8 @@ impl BenchArgs {
                 SystemArg::Etcd => kvctl::bench::System::Etcd,
             },
             op_timeout: Duration::from_secs(10),
+            // Filled in once the cluster's security is known (Config::from_env).
+            security: Security::default(),
         };
         spec.check().map_err(UsageError)?;
         Ok(spec)
@@ -565,6 +610,17 @@ pub struct Config {
     pub verbosity: u8,
     /// What to do.
     pub action: Action,
+    /// TLS and the token.
+    pub security: Security,
+}
+
+/// What the cluster file says about security (nothing, for `--endpoints`).
+#[derive(Debug, Clone, Default)]
+pub struct FileSecurity {
+    /// The endpoints speak TLS (`https://`).
+    pub https: bool,
+    /// The `[client]` table.
+    pub client: Option<kvapi::ClientSecurity>,
 }
 
 /// A usage problem found while validating the command line; exit code 2.
@@ -575,26 +631,64 @@ pub struct UsageError(pub String);
 impl Config {
     /// Validate the parsed command line. `stdin` is read only when the value is `-`;
     /// `env_cluster` is the value of `$KVCTL_CLUSTER`.
+    #[cfg(test)]
     pub fn from_cli(
         cli: Cli,
         stdin: &mut dyn Read,
         env_cluster: Option<PathBuf>,
     ) -> Result<Config, UsageError> {
-        Config::build(cli, stdin, |list, cluster| {
-            endpoints(list, cluster, env_cluster, |path| path.exists())
-        })
+        Config::from_env(cli, stdin, env_cluster, None)
+    }
+
+    /// [`Config::from_cli`] with `$KVCTL_TOKEN` too.
+    pub fn from_env(
+        cli: Cli,
+        stdin: &mut dyn Read,
+        env_cluster: Option<PathBuf>,
+        env_token: Option<String>,
+    ) -> Result<Config, UsageError> {
+        let flags = SecurityFlags::take(&cli);
+        let mut found = None;
+        let mut config = Config::build(cli, stdin, |list, cluster| {
+            let (endpoints, source, file) = endpoints(list, cluster, env_cluster, |path| path.exists())?;
+            found = Some(file);
+            Ok((endpoints, source))
+        })?;
+        if let Some(file) = found {
+            config.security = flags.resolve(file, env_token)?;
+        }
+        if let Action::Bench(spec) = &mut config.action {
+            spec.security = config.security.clone();
+        }
+        Ok(config)
     }
 
     /// Validate one line typed into `kvctl repl`: the same grammar and checks as
     /// [`Config::from_cli`], but the nodes are the session's, found once when it started, so
     /// a line never rereads the cluster file and cannot point elsewhere.
-    pub fn for_session(cli: Cli, stdin: &mut dyn Read, session: &[Endpoint]) -> Result<Config, UsageError> {
+    pub fn for_session(
+        cli: Cli,
+        stdin: &mut dyn Read,
+        session: &[Endpoint],
+        security: &Security,
+    ) -> Result<Config, UsageError> {
         if cli.cluster.is_some() || cli.endpoints.is_some() {
             return Err(UsageError(
                 "--cluster and --endpoints are chosen when the REPL starts; restart it to change them".into(),
             ));
         }
-        Config::build(cli, stdin, |_, _| Ok((session.to_vec(), ClusterSource::Session)))
+        if cli.cacert.is_some() || cli.cert.is_some() || cli.key.is_some() || cli.token.is_some() {
+            return Err(UsageError(
+                "--cacert, --cert, --key and --token are chosen when the REPL starts; restart it to change them"
+                    .into(),
+            ));
+        }
+        let mut config = Config::build(cli, stdin, |_, _| Ok((session.to_vec(), ClusterSource::Session)))?;
+        config.security = security.clone();
+        if let Action::Bench(spec) = &mut config.action {
+            spec.security = config.security.clone();
+        }
+        Ok(config)
     }
 
     /// The checks shared by one-shot commands and REPL lines; `nodes` finds the cluster from
@@ -681,7 +775,60 @@ impl Config {
             },
             verbosity: cli.verbose,
             action,
+            security: Security::default(),
         })
+    }
+}
+
+/// The security flags of a command line, taken before the rest is consumed.
+struct SecurityFlags {
+    cacert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    token: Option<String>,
+}
+
+impl SecurityFlags {
+    fn take(cli: &Cli) -> SecurityFlags {
+        SecurityFlags {
+            cacert: cli.cacert.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+            token: cli.token.clone(),
+        }
+    }
+
+    /// Flags first, then the environment, then the cluster file.
+    fn resolve(self, file: FileSecurity, env_token: Option<String>) -> Result<Security, UsageError> {
+        let client = file.client.unwrap_or_default();
+        let usage = |e: kvctl::security::SecurityError| UsageError(e.0);
+        let token = match (
+            self.token,
+            env_token.filter(|t| !t.trim().is_empty()),
+            &client.token_file,
+        ) {
+            (Some(t), _, _) => Some(Token::new(&t).map_err(|e| UsageError(format!("--token: {}", e.0)))?),
+            (None, Some(t), _) => {
+                Some(Token::new(&t).map_err(|e| UsageError(format!("${TOKEN_ENV}: {}", e.0)))?)
+            }
+            (None, None, Some(path)) => Some(Token::from_file(path).map_err(usage)?),
+            (None, None, None) => None,
+        };
+        let (cert, key) = match (self.cert, self.key) {
+            (Some(c), Some(k)) => (Some(c), Some(k)),
+            _ => (client.cert, client.key),
+        };
+        let cacert = self.cacert.or(client.cacert);
+        let security = Security {
+            https: file.https || cacert.is_some(),
+            cacert,
+            cert,
+            key,
+            token,
+        };
+        // Find a bad certificate file now, as a usage error, not on the first request.
+        security.tls_config().map_err(usage)?;
+        Ok(security)
     }
 }
 
@@ -708,10 +855,12 @@ fn endpoints(
     cluster: Option<PathBuf>,
     env_cluster: Option<PathBuf>,
     exists: impl Fn(&std::path::Path) -> bool,
-) -> Result<(Vec<Endpoint>, ClusterSource), UsageError> {
+) -> Result<(Vec<Endpoint>, ClusterSource, FileSecurity), UsageError> {
     if let Some(list) = list {
-        let endpoints = Endpoint::parse_list(list).map_err(|e| UsageError(e.to_string()))?;
-        return Ok((endpoints, ClusterSource::Endpoints));
+        let (endpoints, https) =
+            Endpoint::parse_list_with_scheme(list).map_err(|e| UsageError(e.to_string()))?;
+        let security = FileSecurity { https, client: None };
+        return Ok((endpoints, ClusterSource::Endpoints, security));
     }
     let (path, source, origin) = match (cluster, env_cluster) {
         (Some(path), _) => (path.clone(), ClusterSource::File(path), ""),
@@ -723,13 +872,23 @@ fn endpoints(
         (None, None) => {
             let path = PathBuf::from("cluster.toml");
             if !exists(&path) {
-                return Ok((Endpoint::local_default(), ClusterSource::LocalDefault));
+                return Ok((
+                    Endpoint::local_default(),
+                    ClusterSource::LocalDefault,
+                    FileSecurity::default(),
+                ));
             }
             (path, ClusterSource::DefaultFile, "")
         }
     };
     match ClusterFile::load(&path) {
-        Ok(file) => Ok((Endpoint::from_cluster_file(&file), source)),
+        Ok(file) => {
+            let security = FileSecurity {
+                https: file.client_tls,
+                client: file.client.clone(),
+            };
+            Ok((Endpoint::from_cluster_file(&file), source, security))
+        }
         Err(kvapi::ClusterFileError::Read { path, source }) => Err(UsageError(format!(
             "cannot read cluster file {}{origin}: {source}; give one with --cluster FILE or \
              ${CLUSTER_ENV}, or list nodes with --endpoints",
@@ -863,6 +1022,50 @@ mod tests {
     fn config(args: &[&str], stdin: &str) -> Result<Config, UsageError> {
         let cli = Cli::try_parse_from(args).map_err(|e| UsageError(e.to_string()))?;
         Config::from_cli(cli, &mut Cursor::new(stdin.as_bytes().to_vec()), None)
+    }
+
+    #[test]
+    fn security_flags_parse_beside_commands_with_a_key() {
+        // --key once shared its id with the `key` of get/put and panicked at runtime.
+        for args in [
+            &[
+                "kvctl", "--cacert", "ca.pem", "--cert", "c.pem", "--key", "c.key", "get", "k",
+            ][..],
+            &[
+                "kvctl", "get", "k", "--cert", "c.pem", "--key", "c.key", "--token", "t",
+            ],
+            &["kvctl", "put", "k", "1", "--key", "c.key", "--cert", "c.pem"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(
+                cli.key.as_deref(),
+                Some(std::path::Path::new("c.key")),
+                "{args:?}"
+            );
+            assert_eq!(
+                cli.cert.as_deref(),
+                Some(std::path::Path::new("c.pem")),
+                "{args:?}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["kvctl", "--cert", "c.pem", "get", "k"]).is_err(),
+            "--cert needs --key"
+        );
+        let err = config(
+            &[
+                "kvctl",
+                "--endpoints",
+                "https://h:1",
+                "--cacert",
+                "/nonexistent/ca.pem",
+                "get",
+                "k",
+            ],
+            "",
+        )
+        .expect_err("an unreadable CA is a usage error");
+        assert!(err.to_string().contains("--cacert /nonexistent/ca.pem"), "{err}");
     }
 
     #[test]
@@ -1057,7 +1260,7 @@ mod tests {
     #[test]
     fn without_a_cluster_file_the_local_default_cluster_is_used() {
         let none = |_: &std::path::Path| false;
-        let (found, source) = endpoints(None, None, None, none).expect("fallback");
+        let (found, source, _) = endpoints(None, None, None, none).expect("fallback");
         assert_eq!(source, ClusterSource::LocalDefault);
         assert_eq!(found, Endpoint::local_default());
         let said = source.describe(&found);
@@ -1069,7 +1272,7 @@ mod tests {
         let file = cluster_file();
         let err = endpoints(None, None, None, |_| true).expect_err("./cluster.toml is not here");
         assert!(err.to_string().contains("cluster.toml"), "{err}");
-        let (found, source) = endpoints(None, Some(file.0.clone()), None, none).expect("file");
+        let (found, source, _) = endpoints(None, Some(file.0.clone()), None, none).expect("file");
         assert_eq!((found.len(), source), (2, ClusterSource::File(file.0.clone())));
     }
 
@@ -1190,7 +1393,6 @@ mod tests {
         assert!(config(&["kvctl", "--endpoints", "h:1", "get", "k", "--bogus"], "").is_err());
         assert!(config(&["kvctl", "--endpoints", "h:1", "-o", "xml", "get", "k"], "").is_err());
         assert!(config(&["kvctl", "--endpoints", "h:1", "get", ""], "").is_err());
-        assert!(config(&["kvctl", "--endpoints", "https://h:1", "get", "k"], "").is_err());
         assert!(config(
             &["kvctl", "--endpoints", "h:1", "put", "k", "v", "--file", "f"],
             ""
@@ -1249,7 +1451,8 @@ mod tests {
             .try_get_matches_from(["kvctl", "--cluster", "x.toml", "get", "k"])
             .expect("hidden, still parsed");
         let cli = Cli::from_arg_matches(&matches).expect("cli");
-        let err = Config::for_session(cli, &mut std::io::empty(), &[]).expect_err("fixed per session");
+        let err = Config::for_session(cli, &mut std::io::empty(), &[], &Security::default())
+            .expect_err("fixed per session");
         assert!(err.to_string().contains("restart"), "{err}");
     }
 

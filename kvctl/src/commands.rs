@@ -48,7 +48,12 @@ pub async fn run(config: Config, pretty: bool) -> anyhow::Result<Exit> {
         };
         return snapshot_status(file, style).map(|()| Exit::Success);
     }
-    let client = connect(&config.endpoints, config.timeout, config.consistency)?;
+    let client = connect(
+        &config.endpoints,
+        config.timeout,
+        config.consistency,
+        &config.security,
+    )?;
     execute(&client, config, pretty).await
 }
 
@@ -57,10 +62,12 @@ pub fn connect(
     endpoints: &[kvctl::Endpoint],
     timeout: Duration,
     consistency: kvapi::Consistency,
+    security: &kvctl::security::Security,
 ) -> Result<Client, kvctl::ClientError> {
     let mut client_config = ClientConfig::new(endpoints.to_vec());
     client_config.timeout = timeout;
     client_config.consistency = consistency;
+    client_config.security = security.clone();
     Client::new(client_config)
 }
 

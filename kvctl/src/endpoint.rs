@@ -2,9 +2,9 @@
 //!
 //! An [`Endpoint`] is one node's client HTTP address, optionally with the node id the cluster
 //! file gives it. Endpoints come from a cluster file (ids known) or from `--endpoints` (ids
-//! learned later from the nodes' status). kvctl speaks plain HTTP only: the server has no TLS,
-//! and reqwest is built without it, so an `https://` endpoint is refused up front instead of
-//! failing obscurely on the first request.
+//! learned later from the nodes' status). An `https://` endpoint means the cluster speaks TLS
+//! (see [`crate::security`]); the scheme is the cluster's, so endpoints that mix `http://` and
+//! `https://` are refused up front instead of failing obscurely on some node.
 //!
 //! Keys travel in the URL path. Every byte outside the RFC 3986 unreserved set is
 //! percent-encoded, `/` included, so a key such as `a/b?c` reaches the server unchanged.
@@ -70,47 +70,68 @@ impl Endpoint {
             .collect()
     }
 
-    /// Parse `host:port` or `http://host:port[/]`.
+    /// Parse `host:port`, `http://host:port[/]` or `https://host:port[/]`.
     pub fn parse(input: &str) -> Result<Endpoint, EndpointError> {
+        Self::parse_with_scheme(input).map(|(e, _)| e)
+    }
+
+    /// [`Endpoint::parse`], also saying whether the endpoint said `https://`.
+    pub fn parse_with_scheme(input: &str) -> Result<(Endpoint, bool), EndpointError> {
         let fail = |reason: &str| EndpointError {
             input: input.to_string(),
             reason: reason.to_string(),
         };
         let trimmed = input.trim();
-        let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
-            rest
-        } else if trimmed.starts_with("https://") {
-            return Err(fail("https is not supported; kvnode serves plain http"));
+        let (rest, https) = if let Some(rest) = trimmed.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = trimmed.strip_prefix("https://") {
+            (rest, true)
         } else if trimmed.contains("://") {
-            return Err(fail("only http:// URLs are supported"));
+            return Err(fail("only http:// and https:// URLs are supported"));
         } else {
-            trimmed
+            (trimmed, false)
         };
         let address = rest.trim_end_matches('/');
         if address.contains('/') {
             return Err(fail("give only the scheme, host and port, without a path"));
         }
         kvapi::cluster::check_host_port(address).map_err(|e| fail(&e))?;
-        Ok(Endpoint {
-            id: None,
-            address: address.to_string(),
-        })
+        Ok((
+            Endpoint {
+                id: None,
+                address: address.to_string(),
+            },
+            https,
+        ))
     }
 
     /// Parse a comma-separated list, ignoring empty items; at least one endpoint is required.
     pub fn parse_list(input: &str) -> Result<Vec<Endpoint>, EndpointError> {
-        let endpoints = input
+        Self::parse_list_with_scheme(input).map(|(list, _)| list)
+    }
+
+    /// [`Endpoint::parse_list`], also saying whether the endpoints said `https://` (all of
+    /// them, or none).
+    pub fn parse_list_with_scheme(input: &str) -> Result<(Vec<Endpoint>, bool), EndpointError> {
+        let parsed = input
             .split(',')
             .filter(|s| !s.trim().is_empty())
-            .map(Endpoint::parse)
+            .map(Endpoint::parse_with_scheme)
             .collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(EndpointError {
-                input: input.to_string(),
-                reason: "no endpoints given".into(),
-            });
+        let fail = |reason: &str| EndpointError {
+            input: input.to_string(),
+            reason: reason.into(),
+        };
+        if parsed.is_empty() {
+            return Err(fail("no endpoints given"));
         }
-        Ok(endpoints)
+        let https = parsed[0].1;
+        if parsed.iter().any(|(_, h)| *h != https) {
+            return Err(fail(
+                "some endpoints say https:// and some do not; a cluster speaks TLS on every node or on none",
+            ));
+        }
+        Ok((parsed.into_iter().map(|(e, _)| e).collect(), https))
     }
 
     /// The base URL, `http://host:port`.
@@ -150,19 +171,15 @@ mod tests {
 
     #[test]
     fn refuses_endpoints_that_cannot_work() {
-        for bad in [
-            "https://h:1",
-            "ftp://h:1",
-            "h",
-            "h:0",
-            "h:70000",
-            "http://h:1/keys",
-        ] {
+        for bad in ["ftp://h:1", "h", "h:0", "h:70000", "http://h:1/keys"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad} should be refused");
         }
-        let err = Endpoint::parse("https://h:1").expect_err("https");
-        assert!(err.to_string().contains("https is not supported"), "{err}");
         assert!(Endpoint::parse_list(" , ").is_err());
+        let (list, https) = Endpoint::parse_list_with_scheme("https://a:1,https://b:2/").expect("tls");
+        assert!(https);
+        assert_eq!(list[1].address, "b:2");
+        let err = Endpoint::parse_list("https://a:1,b:2").expect_err("mixed");
+        assert!(err.to_string().contains("every node or on none"), "{err}");
         let list = Endpoint::parse_list("a:1,,http://b:2").expect("list");
         assert_eq!(list.len(), 2);
     }

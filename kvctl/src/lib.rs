@@ -33,6 +33,7 @@ pub mod endpoint;
 pub mod error;
 pub mod output;
 pub mod retry;
+pub mod security;
 pub mod snapshot;
 pub mod survey;
 pub mod transport;

@@ -39,12 +39,18 @@ fn main() -> ExitCode {
     let env_cluster = std::env::var_os(cli::CLUSTER_ENV)
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from);
-    let config = match cli::Config::from_cli(cli, &mut std::io::stdin().lock(), env_cluster) {
+    let env_token = std::env::var(cli::TOKEN_ENV).ok();
+    let config = match cli::Config::from_env(cli, &mut std::io::stdin().lock(), env_cluster, env_token) {
         Ok(config) => config,
         Err(e) => return report(&anyhow::Error::from(e), &errors).into(),
     };
     init_diagnostics(config.verbosity);
     tracing::debug!("{}", config.source.describe(&config.endpoints));
+    tracing::debug!(
+        tls = config.security.https,
+        token = config.security.token.is_some(),
+        "security"
+    );
     if config.source == cli::ClusterSource::LocalDefault {
         errors.unavailable_hint = Some(
             "; no cluster file was given or found, so this was the local default cluster \

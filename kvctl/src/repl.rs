@@ -92,6 +92,8 @@ pub fn run(config: Config, runtime: &Runtime) -> Exit {
 /// The settings and client shared by every line.
 struct Session {
     endpoints: Vec<Endpoint>,
+    /// TLS and the token, chosen when the session starts.
+    security: kvctl::security::Security,
     timeout: Duration,
     format: Format,
     consistency: Consistency,
@@ -128,11 +130,17 @@ impl Session {
     fn new(config: &Config) -> Result<Session, kvctl::ClientError> {
         Ok(Session {
             endpoints: config.endpoints.clone(),
+            security: config.security.clone(),
             timeout: config.timeout,
             format: config.format,
             consistency: config.consistency,
             timer: false,
-            client: commands::connect(&config.endpoints, config.timeout, config.consistency)?,
+            client: commands::connect(
+                &config.endpoints,
+                config.timeout,
+                config.consistency,
+                &config.security,
+            )?,
             grammar: Rc::new(Grammar::from_cli()),
             pretty: std::io::stdout().is_terminal(),
             cancellable: false,
@@ -184,7 +192,7 @@ impl Session {
         } else {
             self.format == Format::Json
         };
-        let mut config = match Config::for_session(cli, &mut NoStdin, &self.endpoints) {
+        let mut config = match Config::for_session(cli, &mut NoStdin, &self.endpoints, &self.security) {
             Ok(config) => config,
             Err(e) => return Step::Next(usage(origin, &e.to_string(), line_json)),
         };
@@ -209,7 +217,12 @@ impl Session {
         let client = if config.timeout == self.timeout && config.consistency == self.consistency {
             &self.client
         } else {
-            match commands::connect(&self.endpoints, config.timeout, config.consistency) {
+            match commands::connect(
+                &self.endpoints,
+                config.timeout,
+                config.consistency,
+                &self.security,
+            ) {
                 Ok(client) => {
                     one_off = client;
                     &one_off
@@ -379,7 +392,7 @@ impl Session {
         };
         // The client's consistency is fixed when it is built; the new client rediscovers the
         // leader on its first request.
-        match commands::connect(&self.endpoints, self.timeout, consistency) {
+        match commands::connect(&self.endpoints, self.timeout, consistency, &self.security) {
             Ok(client) => {
                 self.client = client;
                 self.consistency = consistency;
@@ -469,7 +482,7 @@ fn interactive(session: &mut Session, runtime: &Runtime) -> Exit {
         .await;
     });
 
-    let quick = |consistency| commands::connect(&session.endpoints, QUICK, consistency);
+    let quick = |consistency| commands::connect(&session.endpoints, QUICK, consistency, &session.security);
     // One client draws the prompt, one completes keys; both give up after QUICK. Completion
     // reads stale: it must work without a quorum, and a key that is a moment old is as good a
     // suggestion as any.
@@ -688,7 +701,12 @@ mod tests {
         let config = |text: &str| {
             let words = line::split(text, &grammar).expect("splits");
             let cli = Cli::try_parse_from(std::iter::once("kvctl".to_string()).chain(words));
-            Config::for_session(cli.expect("parses"), &mut NoStdin, &endpoints)
+            Config::for_session(
+                cli.expect("parses"),
+                &mut NoStdin,
+                &endpoints,
+                &kvctl::security::Security::default(),
+            )
         };
         let c = config(r#"put a ["cat", "dog"]"#).expect("valid");
         assert_eq!(

@@ -94,6 +94,8 @@ pub fn judge(failure: &Failure, is_write: bool) -> Verdict {
     };
     match failure {
         Failure::NotSent(_) | Failure::NoAnswer(_) | Failure::TimedOut { .. } => retry,
+        // A certificate does not become acceptable by asking again.
+        Failure::Tls(_) => Verdict::Fail,
         Failure::Answered { status, code, .. } => match code {
             Some(
                 ErrorCode::Unavailable
@@ -101,6 +103,11 @@ pub fn judge(failure: &Failure, is_write: bool) -> Verdict {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::OutcomeUnknown,
             ) => retry,
+            // Busy, not gone: the same node is worth another try after its Retry-After.
+            Some(ErrorCode::Overloaded) => Verdict::Retry {
+                rediscover: false,
+                doubt: false,
+            },
             Some(_) => Verdict::Fail,
             // No envelope: a proxy or a crashed handler. Gateway errors are transient by nature;
             // treat them like their kvnode counterparts and everything else as final.

@@ -25,8 +25,8 @@ use kvapi::{
     ErrorBody, ErrorCode, LeaderRef, LogIndex, Precondition, Status, IDEMPOTENCY_HEADER, REPLAYED_HEADER,
 };
 
-use crate::endpoint::base_url;
 use crate::error::{code_name, format_duration};
+use crate::security::{describe_tls_failure, Security, Token};
 
 /// The longest `Retry-After` that is taken at its word; a larger one is treated as this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -36,6 +36,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub enum Failure {
     /// The request was never sent: connection refused, unreachable, bad address.
     NotSent(String),
+    /// The request was never sent because TLS failed: the node's certificate is not
+    /// acceptable, or the node refused kvctl's. Retrying cannot help; the message says which
+    /// node and why.
+    Tls(String),
     /// The request was sent (or may have been), but the connection broke before an answer.
     NoAnswer(String),
     /// The request was sent and no answer came within the attempt's time limit.
@@ -65,7 +69,7 @@ impl Failure {
     /// One line describing the failure, for messages and diagnostics.
     pub fn describe(&self) -> String {
         match self {
-            Failure::NotSent(m) | Failure::NoAnswer(m) => m.clone(),
+            Failure::NotSent(m) | Failure::NoAnswer(m) | Failure::Tls(m) => m.clone(),
             Failure::TimedOut { after } => format!("no answer within {}", format_duration(*after)),
             Failure::Answered {
                 status,
@@ -99,10 +103,11 @@ pub enum Fate {
 /// The one verdict on a failed attempt, shared by the client, `kvctl bench` and the chaos
 /// workload. `is_write`: the request changes state (reads never leave anything in doubt).
 ///
-/// Not applied: a request never sent; kvnode's `503 unavailable` and `503 shutting_down` (it
-/// never proposed the write); and its refusals on the merits, `4xx` with a kvnode code (bad
-/// input, type conflict, a failed condition (`412`), a key reused for another write: nothing
-/// changed). Maybe applied: everything else, namely a lost or late answer, `504
+/// Not applied: a request never sent (TLS failures included); kvnode's `503 unavailable`,
+/// `503 shutting_down` and `503 overloaded` (it never proposed the write); its `401` and `403`
+/// (checked before anything is done); and its refusals on the merits, `4xx` with a kvnode code
+/// (bad input, type conflict, a failed condition (`412`), a key reused for another write:
+/// nothing changed). Maybe applied: everything else, namely a lost or late answer, `504
 /// outcome_unknown`, `422 idempotency_key_expired` (the server cannot tell whether an earlier
 /// copy was applied), a `500`, and any answer without kvnode's error envelope, which something
 /// between the client and the node may have sent after the node received the write.
@@ -111,7 +116,7 @@ pub fn fate(failure: &Failure, is_write: bool) -> Fate {
         return Fate::NotApplied;
     }
     match failure {
-        Failure::NotSent(_) => Fate::NotApplied,
+        Failure::NotSent(_) | Failure::Tls(_) => Fate::NotApplied,
         Failure::NoAnswer(_) | Failure::TimedOut { .. } => Fate::MaybeApplied,
         Failure::Answered { code: None, .. } => Fate::MaybeApplied,
         Failure::Answered { code: Some(code), .. } => match code {
@@ -130,7 +135,10 @@ pub fn fate(failure: &Failure, is_write: bool) -> Fate {
             | ErrorCode::ShuttingDown
             | ErrorCode::MemberNotFound
             | ErrorCode::MemberConflict
-            | ErrorCode::LearnerBehind => Fate::NotApplied,
+            | ErrorCode::LearnerBehind
+            | ErrorCode::Unauthenticated
+            | ErrorCode::Forbidden
+            | ErrorCode::Overloaded => Fate::NotApplied,
             ErrorCode::IdempotencyKeyExpired | ErrorCode::OutcomeUnknown | ErrorCode::Internal => {
                 Fate::MaybeApplied
             }
@@ -180,20 +188,42 @@ pub struct TransportError(String);
 #[derive(Debug, Clone)]
 pub struct Transport {
     http: reqwest::Client,
+    scheme: &'static str,
+    token: Option<Token>,
 }
 
 impl Transport {
-    /// A pool that gives up connecting after `connect_timeout`; each exchange gets its own
-    /// limit in [`Transport::send`].
+    /// A plain-HTTP pool that gives up connecting after `connect_timeout`; each exchange gets
+    /// its own limit in [`Transport::send`].
     pub fn new(connect_timeout: Duration) -> Result<Transport, TransportError> {
-        let http = reqwest::Client::builder()
+        Transport::with_security(connect_timeout, &Security::default())
+    }
+
+    /// A pool that speaks TLS and sends a token as `security` says.
+    pub fn with_security(
+        connect_timeout: Duration,
+        security: &Security,
+    ) -> Result<Transport, TransportError> {
+        crate::security::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             // Environment proxies would intercept cluster-internal addresses; never use them.
             .no_proxy()
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| TransportError(e.to_string()))?;
-        Ok(Transport { http })
+            .tcp_nodelay(true);
+        if let Some(tls) = security.tls_config().map_err(|e| TransportError(e.to_string()))? {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().map_err(|e| TransportError(e.to_string()))?;
+        Ok(Transport {
+            http,
+            scheme: security.scheme(),
+            token: security.token.clone(),
+        })
+    }
+
+    /// The base URL of the node at `address`: `http://host:port` or `https://host:port`.
+    pub fn base_url(&self, address: &str) -> String {
+        format!("{}://{address}", self.scheme)
     }
 
     /// Send `request` once to the node at `address` (`host:port`), allowing `limit` for the
@@ -223,12 +253,15 @@ impl Transport {
         limit: Duration,
         request_id: &str,
     ) -> Result<Reply, Failure> {
-        let url = format!("{}{}", base_url(address), request.path);
+        let url = format!("{}{}", self.base_url(address), request.path);
         let mut builder = self
             .http
             .request(request.method.clone(), url)
             .timeout(limit)
             .header(kvapi::ops::REQUEST_ID_HEADER, request_id);
+        if let Some(token) = &self.token {
+            builder = builder.header(reqwest::header::AUTHORIZATION, token.header_value());
+        }
         if let Some(key) = &request.idempotency_key {
             builder = builder.header(IDEMPOTENCY_HEADER, key.as_str());
         }
@@ -241,7 +274,10 @@ impl Transport {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let response = builder.send().await.map_err(|e| transport_failure(&e, limit))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| transport_failure(&e, limit, address))?;
         let status = response.status().as_u16();
         let headers = response.headers();
         let replayed = headers
@@ -255,7 +291,7 @@ impl Transport {
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_failure(&e, limit))?
+            .map_err(|e| transport_failure(&e, limit, address))?
             .to_vec();
         if (200..300).contains(&status) {
             Ok(Reply {
@@ -273,14 +309,17 @@ impl Transport {
     pub async fn readiness(&self, address: &str, limit: Duration) -> Result<Readiness, Failure> {
         let response = self
             .http
-            .get(format!("{}/ready", base_url(address)))
+            .get(format!("{}/ready", self.base_url(address)))
             .timeout(limit)
             .header(kvapi::ops::REQUEST_ID_HEADER, new_request_id())
             .send()
             .await
-            .map_err(|e| transport_failure(&e, limit))?;
+            .map_err(|e| transport_failure(&e, limit, address))?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| transport_failure(&e, limit))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_failure(&e, limit, address))?;
         match serde_json::from_slice::<Readiness>(&body) {
             Ok(readiness) if status == 200 || status == 503 => Ok(readiness),
             _ => Err(error_answer(status, &body, None)),
@@ -360,8 +399,11 @@ pub fn preview(body: &[u8]) -> String {
     }
 }
 
-/// Classify a transport error: was the request sent at all?
-fn transport_failure(error: &reqwest::Error, limit: Duration) -> Failure {
+/// Classify a transport error: was the request sent at all? A TLS failure says why.
+fn transport_failure(error: &reqwest::Error, limit: Duration, address: &str) -> Failure {
+    if let Some(why) = describe_tls_failure(error, address) {
+        return Failure::Tls(why);
+    }
     if error.is_connect() {
         return Failure::NotSent(root_cause(error));
     }

@@ -9,6 +9,10 @@
 //! `If-Match: "<mod_index>"` or `If-None-Match: *`, which becomes the condition inside the
 //! [`Op`] (checked by the state machine, not here) and may come back as `412`. `GET /watch` is
 //! served by [`crate::watch`].
+//!
+//! Two layers stand before the handlers: the token check ([`crate::auth`]), then a cap on the
+//! requests served at once, past which a node answers `503 overloaded` with `Retry-After`
+//! rather than queueing without bound (health and readiness checks are exempt from both).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use kvapi::{
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEYS_LIMIT, MAX_KEY_BYTES, REPLAYED_HEADER,
 };
 
+use crate::auth::{Access, Gate};
 use crate::error::{ApiError, NodeError};
 use crate::membership::{AdminReply, AdminRequest};
 use crate::node::Node;
@@ -37,7 +42,8 @@ use crate::types::{Command, Condition, IdemKey, LogIndex, Op, OpOutcome, OpReply
 /// Room for the envelope around the largest value.
 const BODY_OVERHEAD: usize = 64 * 1024;
 
-/// The client router of `node`.
+/// The client router of `node`, behind `gate` and a cap of `node.config.max_client_requests`
+/// requests at once.
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/keys", get(list_keys))
@@ -55,6 +61,64 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(node)
+}
+
+/// The two layers before every client route (the operations routes included): the token
+/// check, then the cap on requests served at once.
+pub fn guard(router: Router, max_requests: usize, gate: Arc<Gate>) -> Router {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_requests));
+    let router = router.layer(axum::middleware::from_fn_with_state(slots, admit));
+    // Without an auth file the port is open for good (SIGHUP has no file to read): no layer,
+    // so an open node pays nothing per request for the check.
+    if gate.file().is_none() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(gate, crate::auth::authorize))
+}
+
+/// Serve the request if a slot is free, else answer `503 overloaded` at once.
+async fn admit(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if crate::auth::access_for(req.method(), req.uri().path()) == Access::Open {
+        return next.run(req).await;
+    }
+    match slots.clone().try_acquire_owned() {
+        Ok(_slot) => next.run(req).await,
+        Err(_) => {
+            let mut e = ApiError::new(
+                ErrorCode::Overloaded,
+                "this node is serving as many requests as it allows at once (--max-client-requests); \
+                 nothing was done; retry shortly",
+            );
+            e.retry_after = Some(1);
+            e.into_response()
+        }
+    }
+}
+
+/// The rules a write must pass wherever it comes from, a client or a follower forwarding one:
+/// a key of 1 to [`MAX_KEY_BYTES`] bytes and a value of at most `max_value` bytes of JSON.
+/// Returns the write's size for batching.
+pub fn check_op(op: &Op, max_value: usize) -> std::result::Result<usize, String> {
+    if op.key.is_empty() || op.key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the key is {} bytes long; keys are 1 to {MAX_KEY_BYTES} bytes",
+            op.key.len()
+        ));
+    }
+    let value = match &op.cmd {
+        Command::Put(v) | Command::Append(v) => serde_json::to_vec(v).map(|v| v.len()).unwrap_or(usize::MAX),
+        Command::Delete => 0,
+    };
+    if value > max_value {
+        return Err(format!(
+            "the value is {value} bytes; the limit is {max_value} bytes"
+        ));
+    }
+    Ok(value + op.key.len())
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use kvapi::cluster::check_host_port;
 use kvapi::ClusterFile;
 
+use crate::tls::{ClientPortFiles, PeerFiles};
 use crate::types::NodeId;
 
 /// Limits of group commit (see `batcher`).
@@ -45,6 +46,9 @@ pub struct NodeConfig {
     pub seed_fingerprint: String,
     /// `--join`: client addresses of members of the running cluster to join.
     pub join: Vec<String>,
+    /// `--join-token-file`: the token a `--join` node sends to those client addresses, when
+    /// they check tokens (`read` suffices).
+    pub join_token_file: Option<PathBuf>,
     /// `--force-new-cluster`: restart this node's data as a one-member cluster.
     pub force_new_cluster: bool,
     /// Where the log, vote and snapshots live.
@@ -67,6 +71,26 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// How much history of changes the node keeps for watchers.
     pub watch_history: crate::history::HistoryLimits,
+    /// Where the client listener binds, when not on `http_addr` (e.g. `0.0.0.0:8080`).
+    pub listen_http: Option<String>,
+    /// Where the peer listener binds, when not on `raft_addr`.
+    pub listen_raft: Option<String>,
+    /// HTTPS on the client port.
+    pub client_tls: Option<ClientPortFiles>,
+    /// Mutual TLS on the peer port.
+    pub peer_tls: Option<PeerFiles>,
+    /// The cluster file's addresses say `https://`: TLS is expected (client port, peer port).
+    pub tls_expected: (bool, bool),
+    /// Bearer tokens with roles (see `auth`); `None`: the client port is open.
+    pub auth_file: Option<PathBuf>,
+    /// Client requests served at once; more are answered `503 overloaded`.
+    pub max_client_requests: usize,
+    /// Bound on a TLS handshake and on reading a request's headers, both ports.
+    pub header_timeout: Duration,
+    /// Bound on reading a request body, both ports (for a snapshot stream: on any gap in it).
+    pub body_timeout: Duration,
+    /// Largest snapshot accepted from a peer, in bytes.
+    pub max_snapshot_bytes: u64,
 }
 
 /// One member of the seed.
@@ -103,6 +127,7 @@ impl NodeConfig {
             seed,
             seed_fingerprint,
             join: Vec::new(),
+            join_token_file: None,
             force_new_cluster: false,
             data_dir: PathBuf::from(format!("data/node{id}")),
             max_value_bytes: kvapi::DEFAULT_MAX_VALUE_BYTES,
@@ -119,7 +144,37 @@ impl NodeConfig {
             election_max_ms: 600,
             snapshot_every: 10_000,
             watch_history: crate::history::HistoryLimits::default(),
+            listen_http: None,
+            listen_raft: None,
+            client_tls: None,
+            peer_tls: None,
+            tls_expected: (false, false),
+            auth_file: None,
+            max_client_requests: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_snapshot_bytes: 64 * 1024 * 1024 * 1024,
         }
+    }
+
+    /// The largest peer request body: one AppendEntries part (see `peer_client`) is at most
+    /// `MAX_APPEND_BYTES`, unless a single entry is larger; an entry is a batch of at most
+    /// `batch.max_bytes` plus the one write that crossed that soft limit. The rest is room
+    /// for the encoding. Snapshots are streamed to disk and limited apart
+    /// ([`NodeConfig::max_snapshot_bytes`]).
+    pub fn peer_body_limit(&self) -> usize {
+        let entry = self.batch.max_bytes + self.max_value_bytes + kvapi::MAX_KEY_BYTES + 64 * 1024;
+        crate::peer_client::MAX_APPEND_BYTES.max(entry) + 1024 * 1024
+    }
+
+    /// Where the client listener binds.
+    pub fn client_listen_addr(&self) -> &str {
+        self.listen_http.as_deref().unwrap_or(&self.http_addr)
+    }
+
+    /// Where the peer listener binds.
+    pub fn peer_listen_addr(&self) -> &str {
+        self.listen_raft.as_deref().unwrap_or(&self.raft_addr)
     }
 
     /// Node `id` of the cluster described by a cluster file.
@@ -140,7 +195,33 @@ impl NodeConfig {
                 http: Some(n.http.clone()),
             })
             .collect();
-        Ok(Self::with_defaults(id, me.http.clone(), me.raft.clone(), seed))
+        let mut config = Self::with_defaults(id, me.http.clone(), me.raft.clone(), seed);
+        config.tls_expected = (file.client_tls, file.peer_tls);
+        if let Some(tls) = file.tls.as_ref().map(|t| t.for_node(id)) {
+            config.client_tls = match (tls.cert, tls.key) {
+                (Some(cert), Some(key)) => Some(ClientPortFiles {
+                    cert,
+                    key,
+                    client_ca: tls.client_ca,
+                }),
+                (None, None) if tls.client_ca.is_none() => None,
+                _ => {
+                    return Err(ConfigError(
+                        "the cluster file's [tls] needs both cert and key for the client port (client_ca needs them too)"
+                            .into(),
+                    ))
+                }
+            };
+            config.peer_tls = match (tls.peer_cert, tls.peer_key, tls.peer_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(PeerFiles { cert, key, ca }),
+                (None, None, None) => None,
+                _ => return Err(ConfigError(
+                    "the cluster file's [tls] needs all of peer_cert, peer_key and peer_ca for the peer port"
+                        .into(),
+                )),
+            };
+        }
+        Ok(config)
     }
 
     /// `--join`: node `id` listening on `http` and `raft`, to be added to the cluster that
@@ -220,6 +301,37 @@ impl NodeConfig {
             return Err(ConfigError(
                 "--watch-history-changes and --watch-history-bytes must be positive".into(),
             ));
+        }
+        if self.tls_expected.0 && self.client_tls.is_none() {
+            return Err(ConfigError(
+                "the cluster file gives https:// client addresses, but no certificate for the client port: \
+                 give --cert-file and --key-file, or cert and key in the cluster file's [tls]"
+                    .into(),
+            ));
+        }
+        if self.tls_expected.1 && self.peer_tls.is_none() {
+            return Err(ConfigError(
+                "the cluster file gives https:// raft addresses, but no peer certificates: give \
+                 --peer-cert-file, --peer-key-file and --peer-ca-file, or peer_cert, peer_key and \
+                 peer_ca in the cluster file's [tls]"
+                    .into(),
+            ));
+        }
+        if self.max_client_requests == 0 {
+            return Err(ConfigError("--max-client-requests must be positive".into()));
+        }
+        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+            return Err(ConfigError(
+                "--header-timeout-ms and --body-timeout-ms must be positive".into(),
+            ));
+        }
+        for (what, addr) in [
+            ("--listen-client", &self.listen_http),
+            ("--listen-peer", &self.listen_raft),
+        ] {
+            if let Some(addr) = addr {
+                check_host_port(addr).map_err(|e| ConfigError(format!("{what} {addr:?} {e}")))?;
+            }
         }
         Ok(())
     }

@@ -50,6 +50,10 @@ pub enum NodeError {
     /// A bug or storage failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The leader refused a forwarded write that breaks a rule (key length, value size), as
+    /// it would refuse a client's. Nothing was proposed. Fix the input.
+    #[error("the leader refused the write: {0}")]
+    Refused(String),
 }
 
 impl NodeError {
@@ -61,6 +65,7 @@ impl NodeError {
                 | NodeError::NoLeader { .. }
                 | NodeError::NoQuorum(_)
                 | NodeError::ShuttingDown
+                | NodeError::Refused(_)
         )
     }
 }
@@ -109,6 +114,7 @@ impl ApiError {
             NodeError::OutcomeUnknown { .. } | NodeError::Interrupted => ErrorCode::OutcomeUnknown,
             NodeError::ShuttingDown => ErrorCode::ShuttingDown,
             NodeError::Internal(_) => ErrorCode::Internal,
+            NodeError::Refused(_) => ErrorCode::InvalidRequest,
         };
         let retry_after = matches!(
             code,

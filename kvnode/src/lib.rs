@@ -54,14 +54,25 @@
 //! [`ops_api`] serves `/health`, `/ready`, `/metrics` and `/admin/snapshot` and gives every
 //! client request an id and a span; [`metrics`] keeps the Prometheus series; [`restore`]
 //! builds a new cluster's data directories from a snapshot file (`kvnode restore`).
+//!
+//! # Facing the network
+//!
+//! [`listener`] accepts connections on both ports, with TLS when configured ([`tls`]; `kvnode
+//! certs` is [`certs`]), and bounds how long a client may take to send a request; [`auth`]
+//! decides who may do what on the client port (bearer tokens with roles, one rule table by
+//! method and path). Without TLS the peer port trusts anyone who can reach it: see README,
+//! "Running it securely".
 
+pub mod auth;
 pub mod batcher;
+pub mod certs;
 pub mod client_api;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod history;
 pub mod idem;
+pub mod listener;
 pub mod membership;
 pub mod metrics;
 pub mod node;
@@ -72,6 +83,7 @@ pub mod restore;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod types;
 pub mod watch;
 pub mod wire;

@@ -31,9 +31,14 @@ use kvnode::NodeConfig;
 ///       a new node that joins a running cluster as a learner (any member's client address;
 ///       promote it with `kvctl member promote 3` once it has caught up)
 ///
-/// And one to make a node of a new cluster from a backup (see kvnode restore --help):
+/// And two subcommands:
 ///
 ///   kvnode restore FILE --cluster cluster.toml --id 0 --data-dir DIR
+///       make a node of a new cluster from a backup (see kvnode restore --help)
+///
+///   kvnode certs --cluster cluster.toml --out DIR
+///       write a development CA and every node's certificates, and DIR/cluster.toml that uses
+///       them (see README, "Running it securely")
 ///
 /// A new cluster forms by itself once a majority of the listed nodes is started; the others
 /// are admitted when they start. A node that lost its data rejoins by itself (as a learner
@@ -69,6 +74,11 @@ struct Cli {
     /// comma-separated. The node is added as a learner and catches up.
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',', requires_all = ["id", "http", "raft"])]
     join: Vec<String>,
+
+    /// With --join, when the cluster's client ports check tokens: a file holding a token
+    /// (role read or more) to ask them who the members are.
+    #[arg(long, value_name = "FILE", requires = "join", help_heading = "Security")]
+    join_token_file: Option<PathBuf>,
 
     /// This node's client address, host:port (with --join).
     #[arg(long, value_name = "HOST:PORT", requires = "join")]
@@ -138,6 +148,69 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1)]
     batch_in_flight: usize,
 
+    /// Serve the client port over HTTPS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "key_file", help_heading = "Security")]
+    cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "Security")]
+    key_file: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM) on the client port.
+    #[arg(long, value_name = "FILE", requires = "cert_file", help_heading = "Security")]
+    client_ca_file: Option<PathBuf>,
+
+    /// Mutual TLS on the peer port: this node's certificate (PEM), which must name it
+    /// (DNS name node-<ID>.kv).
+    #[arg(long, value_name = "FILE", requires_all = ["peer_key_file", "peer_ca_file"], help_heading = "Security")]
+    peer_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --peer-cert-file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "peer_cert_file",
+        help_heading = "Security"
+    )]
+    peer_key_file: Option<PathBuf>,
+
+    /// The CA (PEM) that signed every node's peer certificate.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "peer_cert_file",
+        help_heading = "Security"
+    )]
+    peer_ca_file: Option<PathBuf>,
+
+    /// Bearer tokens with roles (TOML of [[token]] name, role, sha256); re-read on SIGHUP.
+    /// Without it the client port is open to anyone who can reach it.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    auth_file: Option<PathBuf>,
+
+    /// Bind the client port here (e.g. 0.0.0.0:8080) instead of on its advertised address.
+    #[arg(long, value_name = "ADDR", help_heading = "Security")]
+    listen_client: Option<String>,
+
+    /// Bind the peer port here instead of on its advertised address.
+    #[arg(long, value_name = "ADDR", help_heading = "Security")]
+    listen_peer: Option<String>,
+
+    /// Client requests served at once; past that a node answers 503 overloaded.
+    #[arg(long, value_name = "N", default_value_t = 1024, help_heading = "Security")]
+    max_client_requests: usize,
+
+    /// Bound on a TLS handshake and on reading a request's headers (both ports).
+    #[arg(long, value_name = "MS", default_value_t = 10_000, help_heading = "Security")]
+    header_timeout_ms: u64,
+
+    /// Bound on reading a request's body (both ports; a snapshot stream: on any gap in it).
+    #[arg(long, value_name = "MS", default_value_t = 30_000, help_heading = "Security")]
+    body_timeout_ms: u64,
+
+    /// Largest snapshot accepted from a peer.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024 * 1024, help_heading = "Security")]
+    max_snapshot_bytes: u64,
     /// Log lines as text for people, or as JSON objects (one per line) for log collectors.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -179,6 +252,47 @@ struct RestoreCli {
     data_dir: PathBuf,
 }
 
+/// kvnode certs: write a development CA and certificates for every node of a cluster file.
+#[derive(Parser, Debug)]
+#[command(name = "kvnode certs")]
+struct CertsCli {
+    /// The cluster file whose nodes get certificates.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+
+    /// Where to write them (created; an existing CA there is never overwritten).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// `kvnode certs ...`: exit 0 when written, 1 when not.
+fn certs(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let cli = CertsCli::parse_from(args);
+    let cluster = match ClusterFile::load(&cli.cluster) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvnode certs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match kvnode::certs::write_all(&cluster, &cli.out) {
+        Ok(written) => {
+            for f in &written.files {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "\nstart each node with: kvnode --cluster {} --id ID",
+                written.cluster_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kvnode certs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 impl Cli {
     fn into_config(self) -> Result<NodeConfig, String> {
         let mut config = match (self.http_port, &self.cluster, self.id, self.join.is_empty()) {
@@ -204,6 +318,7 @@ impl Cli {
             }
         };
         config.force_new_cluster = self.force_new_cluster;
+        config.join_token_file = self.join_token_file;
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
         }
@@ -220,6 +335,25 @@ impl Cli {
             changes: self.watch_history_changes,
             bytes: self.watch_history_bytes,
         };
+        if let (Some(cert), Some(key)) = (self.cert_file, self.key_file) {
+            config.client_tls = Some(kvnode::tls::ClientPortFiles {
+                cert,
+                key,
+                client_ca: self.client_ca_file,
+            });
+        }
+        if let (Some(cert), Some(key), Some(ca)) =
+            (self.peer_cert_file, self.peer_key_file, self.peer_ca_file)
+        {
+            config.peer_tls = Some(kvnode::tls::PeerFiles { cert, key, ca });
+        }
+        config.auth_file = self.auth_file;
+        config.listen_http = self.listen_client;
+        config.listen_raft = self.listen_peer;
+        config.max_client_requests = self.max_client_requests;
+        config.header_timeout = Duration::from_millis(self.header_timeout_ms);
+        config.body_timeout = Duration::from_millis(self.body_timeout_ms);
+        config.max_snapshot_bytes = self.max_snapshot_bytes;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
@@ -251,8 +385,13 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Subcommands beside the assignment's positional form, which clap cannot tell apart
+    // from a port number.
     if args.get(1).is_some_and(|a| a == "restore") {
         return restore_main(&args[1..]);
+    }
+    if args.get(1).is_some_and(|a| a == "certs") {
+        return certs(args.into_iter().skip(1).collect());
     }
     let cli = Cli::parse_from(&args);
     let log_format = cli.log_format;

@@ -447,6 +447,7 @@ mod tests {
             NodeError::NotLeader { leader: None },
             NodeError::NoLeader { waited_ms: 1 },
             NodeError::ShuttingDown,
+            NodeError::Refused("value too large".into()),
         ];
         for refusal in refusals {
             assert_eq!(

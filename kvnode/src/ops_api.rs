@@ -93,9 +93,11 @@ impl RequestIds {
     }
 }
 
-/// Add the operations routes to the client router `api` and put every route (and the
-/// fallback) behind the request middleware.
-pub fn wrap(api: Router, node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
+/// Add the operations routes to the client router `api`, put every route (and the fallback)
+/// behind the token check and the request cap (`client_api::guard`), and all of that behind
+/// the request middleware, outermost, so that refusals are counted and carry a request id too.
+pub fn wrap(api: Router, node: Arc<Node>, metrics: Arc<Metrics>, gate: Arc<crate::auth::Gate>) -> Router {
+    let max_requests = node.config.max_client_requests;
     let ops = Arc::new(Ops {
         ids: RequestIds::new(node.id),
         node,
@@ -108,7 +110,7 @@ pub fn wrap(api: Router, node: Arc<Node>, metrics: Arc<Metrics>) -> Router {
         .route("/admin/snapshot", get(snapshot))
         .method_not_allowed_fallback(crate::client_api::method_not_allowed)
         .with_state(ops.clone());
-    api.merge(routes)
+    crate::client_api::guard(api.merge(routes), max_requests, gate)
         .layer(axum::middleware::from_fn_with_state(ops, track))
 }
 

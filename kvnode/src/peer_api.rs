@@ -8,11 +8,19 @@
 //! 421: a node that lost its data must not take part in Raft before the cluster has re-admitted
 //! it. Failures are answered with an error status and a body that says why, never with 200.
 //! Bodies are binary (see `wire`).
+//!
+//! What a peer may send is bounded, whoever it is: a body no larger than the largest
+//! AppendEntries part ([`NodeConfig::peer_body_limit`](crate::config::NodeConfig::peer_body_limit)),
+//! the same for each frame of a replication stream, a snapshot no larger than
+//! `--max-snapshot-bytes` (checked against its header before a byte is written to disk), and a
+//! forwarded write that passes the same key and size rules as a client's. Under mutual TLS a
+//! Raft message must also speak for the node the sender's certificate names (its vote's node
+//! id), so a node cannot pose as another.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,11 +34,12 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cluster;
 use crate::error::NodeError;
+use crate::listener::ConnInfo;
 use crate::membership::AdminRequest;
 use crate::node::Node;
 use crate::store::sm::Snapshot;
 use crate::store::snapshot::SnapshotFile;
-use crate::types::TypeConfig;
+use crate::types::{NodeId, TypeConfig, Vote};
 use crate::wire::{
     self, route, Admit, Adopt, ForwardWrite, ReadIndex, SnapshotHeader, CLUSTER_HEADER, CONTENT_TYPE,
     TARGET_HEADER,
@@ -126,27 +135,61 @@ fn raft_answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Resp
     }
 }
 
-async fn read_all(body: Body) -> Result<axum::body::Bytes, Response> {
-    axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+/// Read a whole body of at most the peer body limit.
+async fn read_all(node: &Node, body: Body) -> Result<axum::body::Bytes, Response> {
+    let limit = node.config.peer_body_limit();
+    let too_large = || {
         refuse(
-            StatusCode::BAD_REQUEST,
-            format!("the body could not be read: {e}"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the {limit} bytes a peer request may carry"),
         )
+    };
+    // A declared length past the limit is refused before a byte of the body is read.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            )
+        }
     })
 }
 
-async fn decoded<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bytes = read_all(body).await?;
+async fn decoded<T: DeserializeOwned>(node: &Node, body: Body) -> Result<T, Response> {
+    let bytes = read_all(node, body).await?;
     wire::decode(&bytes).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))
 }
 
-async fn append(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let bytes = match read_all(body).await {
+/// Under mutual TLS: the sender's certificate must name the node `vote` speaks for; else the
+/// refusal to send.
+fn speaks_for(conn: &Option<Extension<ConnInfo>>, vote: &Vote) -> Result<(), Box<Response>> {
+    let claimed: NodeId = vote.leader_id.node_id;
+    match conn.as_ref().and_then(|c| c.peer_node) {
+        Some(named) if named != claimed => Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            format!("the sender's certificate names node {named}, but the message speaks for node {claimed}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn append(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo>>, body: Body) -> Response {
+    let bytes = match read_all(&node, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     match wire::decode_append(&bytes) {
-        Ok(req) => raft_answer(node.raft.append_entries(req).await),
+        Ok(req) => {
+            if let Err(r) = speaks_for(&conn, &req.vote) {
+                return *r;
+            }
+            raft_answer(node.raft.append_entries(req).await)
+        }
         Err(e) => refuse(StatusCode::BAD_REQUEST, e),
     }
 }
@@ -155,6 +198,7 @@ async fn append(State(node): State<Arc<Node>>, body: Body) -> Response {
 /// is an AppendEntries for openraft, each answer is written back in order once the entries are
 /// durable here. openraft keeps up to 64 requests of one stream in flight.
 async fn stream(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let sender = req.extensions().get::<ConnInfo>().and_then(|c| c.peer_node);
     let asked = req
         .headers()
         .get(axum::http::header::UPGRADE)
@@ -168,7 +212,7 @@ async fn stream(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => serve_stream(node, hyper_util::rt::TokioIo::new(upgraded)).await,
+            Ok(upgraded) => serve_stream(node, sender, hyper_util::rt::TokioIo::new(upgraded)).await,
             Err(e) => tracing::warn!(error = %e, "a replication stream could not be upgraded"),
         }
     });
@@ -182,22 +226,36 @@ async fn stream(State(node): State<Arc<Node>>, mut req: Request) -> Response {
         .into_response()
 }
 
-async fn serve_stream<Io>(node: Arc<Node>, io: Io)
+/// `sender`: the node the sender's certificate names, under mutual TLS.
+async fn serve_stream<Io>(node: Arc<Node>, sender: Option<NodeId>, io: Io)
 where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (read, mut write) = tokio::io::split(io);
-    let requests = futures_util::stream::unfold(read, |mut read| async move {
-        match wire::stream::read_frame(&mut read).await {
+    let limit = node.config.peer_body_limit();
+    let requests = futures_util::stream::unfold(read, move |mut read| async move {
+        match wire::stream::read_frame_limited(&mut read, limit).await {
             Ok(Some(frame)) => match wire::decode_append(&frame) {
+                Ok(req) if sender.is_some_and(|s| s != req.vote.leader_id.node_id) => {
+                    tracing::warn!(
+                        sender = ?sender,
+                        claims = req.vote.leader_id.node_id,
+                        "closing a replication stream whose frames speak for another node than its certificate names"
+                    );
+                    None
+                }
                 Ok(req) => Some((req, read)),
                 Err(e) => {
                     tracing::warn!(error = %e, "closing a replication stream that sent an undecodable frame");
                     None
                 }
             },
-            // The leader closed the stream, or the connection broke.
-            _ => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing a replication stream");
+                None
+            }
+            // The leader closed the stream.
+            Ok(None) => None,
         }
     });
     let answers = node.raft.stream_append(requests);
@@ -218,21 +276,29 @@ where
     }
 }
 
-async fn vote(State(node): State<Arc<Node>>, body: Body) -> Response {
-    election(node, body, false).await
+async fn vote(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo>>, body: Body) -> Response {
+    election(node, conn, body, false).await
 }
 
-async fn pre_vote(State(node): State<Arc<Node>>, body: Body) -> Response {
-    election(node, body, true).await
+async fn pre_vote(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo>>, body: Body) -> Response {
+    election(node, conn, body, true).await
 }
 
 /// A vote, or a pre-vote (would this node grant a vote?): both follow the same rule about who
 /// may vote at all (see `cluster::may_vote`).
-async fn election(node: Arc<Node>, body: Body, pre_vote: bool) -> Response {
-    let req: VoteRequest<TypeConfig> = match decoded(body).await {
+async fn election(
+    node: Arc<Node>,
+    conn: Option<Extension<ConnInfo>>,
+    body: Body,
+    pre_vote: bool,
+) -> Response {
+    let req: VoteRequest<TypeConfig> = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = speaks_for(&conn, &req.vote) {
+        return *r;
+    }
     if let Err(why) = cluster::may_vote(&node, &req) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, why);
     }
@@ -243,20 +309,27 @@ async fn election(node: Arc<Node>, body: Body, pre_vote: bool) -> Response {
     }
 }
 
-async fn transfer_leader(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let req: TransferLeaderRequest<TypeConfig> = match decoded(body).await {
+async fn transfer_leader(
+    State(node): State<Arc<Node>>,
+    conn: Option<Extension<ConnInfo>>,
+    body: Body,
+) -> Response {
+    let req: TransferLeaderRequest<TypeConfig> = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = speaks_for(&conn, req.from_leader()) {
+        return *r;
+    }
     raft_answer(node.raft.handle_transfer_leader(req).await)
 }
 
 /// Receive a snapshot: stream it to a durable temporary file, then hand it to openraft. The
 /// file is on disk before openraft installs it (and then purges the log), so a crash at any
 /// point leaves either the old state or the new one.
-async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
+async fn snapshot(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo>>, body: Body) -> Response {
     let path = node.sm.receive_path();
-    let received = receive_snapshot(&path, body).await;
+    let received = receive_snapshot(&path, body, node.config.max_snapshot_bytes, &conn).await;
     let response = match received {
         Ok(header) => install_snapshot(&node, header, &path).await,
         Err(r) => r,
@@ -266,7 +339,15 @@ async fn snapshot(State(node): State<Arc<Node>>, body: Body) -> Response {
     response
 }
 
-async fn receive_snapshot(path: &std::path::Path, body: Body) -> Result<SnapshotHeader, Response> {
+/// Largest snapshot header: a vote and the snapshot's metadata, membership included.
+const MAX_SNAPSHOT_HEADER: usize = 1024 * 1024;
+
+async fn receive_snapshot(
+    path: &std::path::Path,
+    body: Body,
+    max_bytes: u64,
+    conn: &Option<Extension<ConnInfo>>,
+) -> Result<SnapshotHeader, Response> {
     let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
     let io = |e: std::io::Error| {
         refuse(
@@ -279,9 +360,19 @@ async fn receive_snapshot(path: &std::path::Path, body: Body) -> Result<Snapshot
     let (header, mut rest) = loop {
         if let Some((frame, rest)) = wire::split_frame(&buf) {
             let header: SnapshotHeader = wire::decode(frame).map_err(|e| bad(e.to_string()))?;
+            speaks_for(conn, &header.vote).map_err(|r| *r)?;
+            if header.len > max_bytes {
+                return Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the snapshot announces {} bytes; this node accepts at most {max_bytes} (--max-snapshot-bytes)",
+                        header.len
+                    ),
+                ));
+            }
             break (header, rest.to_vec());
         }
-        if buf.len() > 16 * 1024 * 1024 {
+        if buf.len() > MAX_SNAPSHOT_HEADER {
             return Err(bad("the snapshot header is implausibly large".into()));
         }
         match stream.next().await {
@@ -337,7 +428,7 @@ async fn probe(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn adopt(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let offer: Adopt = match decoded(body).await {
+    let offer: Adopt = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -360,28 +451,47 @@ fn admin_answer<T: Serialize>(result: Result<T, crate::membership::AdminError>) 
     }
 }
 
-async fn admit(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let request: Admit = match decoded(body).await {
+async fn admit(State(node): State<Arc<Node>>, conn: Option<Extension<ConnInfo>>, body: Body) -> Response {
+    let request: Admit = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    // Under mutual TLS a node asks to be admitted only as the node its certificate names.
+    if let Some(named) = conn.as_ref().and_then(|c| c.peer_node) {
+        if named != request.id {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the sender's certificate names node {named}, but it asks to admit node {}",
+                    request.id
+                ),
+            );
+        }
+    }
     admin_answer(cluster::admit(&node, request).await)
 }
 
 async fn forward_admin(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let request: AdminRequest = match decoded(body).await {
+    let request: AdminRequest = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
     admin_answer(node.admin_as_leader(request).await)
 }
 
+/// A write forwarded by a follower. The leader checks it again as if a client had sent it
+/// (the key's length, the value's size) and sizes it itself: the forward path must not be a
+/// way around a limit.
 async fn forward_write(State(node): State<Arc<Node>>, body: Body) -> Response {
-    let req: ForwardWrite = match decoded(body).await {
+    let req: ForwardWrite = match decoded(&node, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
-    answer(node.write_as_leader(req.op, req.size).await)
+    let size = match crate::client_api::check_op(&req.op, node.config.max_value_bytes) {
+        Ok(size) => size,
+        Err(why) => return answer::<()>(Err(NodeError::Refused(why))),
+    };
+    answer(node.write_as_leader(req.op, size).await)
 }
 
 async fn forward_read_index(State(node): State<Arc<Node>>) -> Response {

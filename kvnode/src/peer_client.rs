@@ -5,6 +5,10 @@
 //! refuses a mismatch, so a stale address or a node of another cluster can never join in by
 //! accident. A node learns its cluster id when the cluster forms or admits it, so the header
 //! is read from a shared cell at each request. Bodies are binary (see `wire`).
+//! Those headers keep out mistakes, not attackers: anyone can compute them. With mutual TLS
+//! (see `tls`) every connection, the replication stream included, presents this node's
+//! certificate and accepts only a certificate that names the node it is meant for; each
+//! target has its own HTTP client for that, since the name to expect differs per target.
 //!
 //! Where a peer listens is read from the current membership at each connection (an address
 //! book the node keeps up to date), not from the address openraft knew when it set up the
@@ -28,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -42,9 +46,11 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+
+use crate::tls::PeerTls;
 
 use crate::store::sm::Snapshot;
 use crate::store::snapshot::SnapshotFile;
@@ -97,8 +103,15 @@ pub enum PeerError {
 /// The pooled client for all peer traffic of one node.
 #[derive(Clone)]
 pub struct PeerClient {
+    /// Plain HTTP, for every target; unused under TLS.
     http: reqwest::Client,
+    /// For other nodes' client ports (a `--join` node asking who the members are).
+    client_api: reqwest::Client,
     shared: Arc<Shared>,
+    /// Mutual TLS, when the peer port speaks it.
+    tls: Option<Arc<PeerTls>>,
+    /// Under TLS, one client per target: each accepts only its target's certificate.
+    by_target: Arc<Mutex<HashMap<NodeId, reqwest::Client>>>,
 }
 
 /// What every clone of a [`PeerClient`] sees alike.
@@ -108,31 +121,88 @@ struct Shared {
     cluster: RwLock<Option<String>>,
     /// Peer addresses by node id, from the current membership.
     addresses: RwLock<HashMap<NodeId, String>>,
+    /// Bearer token for other nodes' client ports.
+    client_api_token: RwLock<Option<String>>,
 }
+
+/// A connection to a peer, plain or TLS.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> PeerIo for T {}
+
+type Io = Box<dyn PeerIo>;
 
 /// An open replication stream (see `wire::stream`).
 struct StreamConn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Io>>,
+    writer: WriteHalf<Io>,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .no_proxy()
 }
 
 impl PeerClient {
-    /// A client for a node of cluster `cluster` (`None`: it has none yet).
-    pub fn new(cluster: Option<String>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .no_proxy()
-            .build()?;
+    /// A client for a node of cluster `cluster` (`None`: it has none yet); `tls`: mutual TLS
+    /// on the peer port.
+    pub fn new(cluster: Option<String>, tls: Option<Arc<PeerTls>>) -> Result<Self, reqwest::Error> {
+        crate::tls::install_default_provider();
+        let http = builder().build()?;
+        let client_api = match &tls {
+            None => http.clone(),
+            Some(tls) => builder()
+                .tls_backend_preconfigured((*tls.client_api_config()).clone())
+                .build()?,
+        };
         let shared = Shared {
             cluster: RwLock::new(cluster),
             addresses: RwLock::default(),
+            client_api_token: RwLock::default(),
         };
         Ok(PeerClient {
             http,
+            client_api,
             shared: Arc::new(shared),
+            tls,
+            by_target: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// The token sent with [`PeerClient::get_client_api`] requests (a `--join` node's, for a
+    /// cluster whose client ports check tokens).
+    pub fn set_client_api_token(&self, token: Option<String>) {
+        *self
+            .shared
+            .client_api_token
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// The HTTP client and URL scheme for requests to `target`.
+    fn http_for(&self, addr: &str, target: NodeId) -> Result<(reqwest::Client, &'static str), PeerError> {
+        let Some(tls) = &self.tls else {
+            return Ok((self.http.clone(), "http"));
+        };
+        let mut clients = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&target) {
+            return Ok((client.clone(), "https"));
+        }
+        let not_sent = |reason: String| PeerError::NotSent {
+            addr: addr.to_string(),
+            reason,
+        };
+        let config = tls
+            .client_config_for(target)
+            .map_err(|e| not_sent(e.to_string()))?;
+        let client = builder()
+            .tls_backend_preconfigured((*config).clone())
+            .build()
+            .map_err(|e| not_sent(error_chain(&e)))?;
+        clients.insert(target, client.clone());
+        Ok((client, "https"))
     }
 
     /// The cluster id sent with requests.
@@ -171,16 +241,27 @@ impl PeerClient {
         path: &str,
         timeout: Duration,
     ) -> Result<T, PeerError> {
-        let resp = self
-            .http
-            .get(format!("http://{addr}{path}"))
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| PeerError::NotSent {
-                addr: addr.to_string(),
-                reason: error_chain(&e),
-            })?;
+        // Under TLS another node's client port is reached over HTTPS, presenting this node's
+        // peer certificate and trusting the peer CA (`kvnode certs` signs both kinds with one
+        // CA).
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut request = self
+            .client_api
+            .get(format!("{scheme}://{addr}{path}"))
+            .timeout(timeout);
+        let token = self
+            .shared
+            .client_api_token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(token) = token {
+            request = request.header(reqwest::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let resp = request.send().await.map_err(|e| PeerError::NotSent {
+            addr: addr.to_string(),
+            reason: error_chain(&e),
+        })?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map_err(|e| PeerError::Unknown {
             addr: addr.to_string(),
@@ -277,9 +358,9 @@ impl PeerClient {
             addr: addr.to_string(),
             reason,
         };
-        let mut request = self
-            .http
-            .post(format!("http://{addr}{path}"))
+        let (http, scheme) = self.http_for(addr, target)?;
+        let mut request = http
+            .post(format!("{scheme}://{addr}{path}"))
             .header(TARGET_HEADER, target.to_string())
             .header("content-type", CONTENT_TYPE)
             .timeout(timeout)
@@ -385,7 +466,9 @@ impl PeerConn {
             .unwrap_or_else(|| self.node.raft.clone())
     }
 
-    /// Open a replication stream: a TCP connection upgraded by `POST /raft/stream`.
+    /// Open a replication stream: a connection upgraded by `POST /raft/stream`, over mutual
+    /// TLS when the peer port speaks it, with the same check of the peer's certificate as every
+    /// other peer request.
     async fn open_stream(&self, addr: &str) -> Result<StreamConn, PeerError> {
         let not_sent = |reason: String| PeerError::NotSent {
             addr: addr.to_string(),
@@ -396,7 +479,23 @@ impl PeerConn {
             .map_err(|_| not_sent("connecting timed out".into()))?
             .map_err(|e| not_sent(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (read, mut writer) = tcp.into_split();
+        let io: Io = match &self.client.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let config = tls
+                    .client_config_for(self.target)
+                    .map_err(|e| not_sent(e.to_string()))?;
+                let name = rustls_pki_types::ServerName::try_from(crate::tls::node_name(self.target))
+                    .map_err(|e| not_sent(e.to_string()))?;
+                let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+                let tls = tokio::time::timeout(BASE_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| not_sent("the TLS handshake timed out".into()))?
+                    .map_err(|e| not_sent(format!("the TLS handshake failed: {e}")))?;
+                Box::new(tls)
+            }
+        };
+        let (read, mut writer) = tokio::io::split(io);
         let mut reader = BufReader::new(read);
         let cluster = self
             .client
@@ -598,9 +697,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 /// reader how many answers to expect for it and how many bytes it carried.
 async fn send_requests<S>(
     mut input: S,
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf<Io>,
     sent: mpsc::UnboundedSender<(usize, u64)>,
-) -> std::io::Result<OwnedWriteHalf>
+) -> std::io::Result<WriteHalf<Io>>
 where
     S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
@@ -617,9 +716,9 @@ where
 
 /// One `stream_append` session: reads the answers for what the writer sent.
 struct Session<'s> {
-    reader: Option<BufReader<OwnedReadHalf>>,
+    reader: Option<BufReader<ReadHalf<Io>>>,
     sent: mpsc::UnboundedReceiver<(usize, u64)>,
-    writer: Option<tokio::task::JoinHandle<std::io::Result<OwnedWriteHalf>>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<WriteHalf<Io>>>>,
     /// Where a cleanly finished stream is kept for the next session.
     idle: &'s mut Option<(String, StreamConn)>,
     floor: Duration,

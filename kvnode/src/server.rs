@@ -5,18 +5,24 @@
 //! admitted to it), `membership::promote_caught_up` (on the leader, promote learners that lost
 //! their data once they have caught up), and an address book that keeps peer connections on
 //! the addresses the current membership gives.
+//!
+//! Everything that can be wrong with the settings (a certificate that does not load, an auth
+//! file that does not parse) is found before a listener is bound or the data directory is
+//! opened, so a node that starts is a node that can serve.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::auth::Gate;
 use crate::cluster::{ClusterCell, Refusal};
 use crate::config::NodeConfig;
+use crate::listener::ServeConfig;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::peer_client::{PeerClient, PeerNetwork};
@@ -42,6 +48,12 @@ pub enum RunError {
     /// The data directory cannot be used.
     #[error(transparent)]
     Storage(#[from] OpenError),
+    /// A certificate, key or CA could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The auth file could not be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthFileError),
     /// Raft failed to start.
     #[error("raft failed: {0}")]
     Raft(String),
@@ -125,8 +137,36 @@ pub async fn run(
     .validate()
     .map_err(|e| RunError::Config(e.to_string()))?;
 
-    let http_listener = bind(&config.http_addr, "client API").await?;
-    let raft_listener = bind(&config.raft_addr, "peer").await?;
+    let client_tls = config
+        .client_tls
+        .as_ref()
+        .map(crate::tls::client_port_config)
+        .transpose()?;
+    let peer_tls = config
+        .peer_tls
+        .as_ref()
+        .map(crate::tls::PeerTls::load)
+        .transpose()?
+        .map(Arc::new);
+    if let Some(named) = peer_tls.as_ref().and_then(|t| t.own_node()) {
+        if named != config.id {
+            return Err(RunError::Config(format!(
+                "--peer-cert-file names node {named}, but this is node {}: give it its own certificate",
+                config.id
+            )));
+        }
+    }
+    let gate = Arc::new(Gate::new(config.auth_file.clone())?);
+    crate::auth::reload_on_sighup(gate.clone()).map_err(RunError::Serve)?;
+    let join_token = config
+        .join_token_file
+        .as_deref()
+        .map(crate::auth::read_token_file)
+        .transpose()
+        .map_err(RunError::Config)?;
+
+    let http_listener = bind(config.client_listen_addr(), "client API").await?;
+    let raft_listener = bind(config.peer_listen_addr(), "peer").await?;
     let dir = config.data_dir.clone();
     let id = config.id;
     let metrics = Metrics::new(config.id);
@@ -144,7 +184,9 @@ pub async fn run(
     data.sm.history().set_limits(config.watch_history);
     let started_pristine = data.log.is_pristine();
     let identity = data.identity.clone();
-    let peers = PeerClient::new(identity.cluster.clone()).map_err(|e| RunError::Raft(e.to_string()))?;
+    let peers = PeerClient::new(identity.cluster.clone(), peer_tls.clone())
+        .map_err(|e| RunError::Raft(e.to_string()))?;
+    peers.set_client_api_token(join_token);
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -170,7 +212,16 @@ pub async fn run(
         http: http_listener.local_addr().map_err(RunError::Serve)?,
         raft: raft_listener.local_addr().map_err(RunError::Serve)?,
     };
-    info!(id = config.id, http = %bound.http, raft = %bound.raft, data_dir = %config.data_dir.display(), "node started");
+    info!(
+        id = config.id,
+        http = %bound.http,
+        raft = %bound.raft,
+        client_tls = client_tls.is_some(),
+        peer_tls = peer_tls.is_some(),
+        tokens = gate.file().is_some(),
+        data_dir = %config.data_dir.display(),
+        "node started"
+    );
     on_ready(bound);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -184,14 +235,25 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = tokio::sync::watch::channel(None::<String>);
     tokio::spawn(watch_for_fatal(raft.clone(), fatal_tx));
 
+    // In-flight client requests may wait for a leader or a commit; past that, shutdown does
+    // not wait for anyone.
+    let grace = config.batch.write_timeout.max(config.leader_wait) + Duration::from_secs(1);
     let mut peer_stop = stop_rx.clone();
     let peer_router = crate::peer_api::router(node.clone());
+    let peer_serve = ServeConfig {
+        what: "peer",
+        tls: peer_tls.as_ref().map(|t| t.server_config()),
+        require_node_cert: peer_tls.is_some(),
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        streamed_paths: &[crate::wire::route::SNAPSHOT],
+        grace,
+    };
     let peer_server = tokio::spawn(async move {
-        axum::serve(raft_listener.tap_io(no_delay), peer_router)
-            .with_graceful_shutdown(async move {
-                let _ = peer_stop.wait_for(|s| *s).await;
-            })
-            .await
+        crate::listener::serve(raft_listener, peer_router, peer_serve, async move {
+            let _ = peer_stop.wait_for(|s| *s).await;
+        })
+        .await
     });
     let history = node.sm.history();
     let refused = {
@@ -209,15 +271,26 @@ pub async fn run(
         // Watch streams never end by themselves; a graceful shutdown waits for open responses.
         history.close();
     };
-    let client_result = axum::serve(
-        http_listener.tap_io(no_delay),
+    let client_serve = ServeConfig {
+        what: "client API",
+        tls: client_tls,
+        require_node_cert: false,
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        streamed_paths: &[],
+        grace,
+    };
+    let client_result = crate::listener::serve(
+        http_listener,
         crate::ops_api::wrap(
             crate::client_api::router(node.clone()),
             node.clone(),
             metrics.clone(),
+            gate,
         ),
+        client_serve,
+        stop_serving,
     )
-    .with_graceful_shutdown(stop_serving)
     .await;
     let fatal = fatal_error(&node);
     info!("client API stopped; shutting down raft");
@@ -328,12 +401,6 @@ async fn keep_addresses(raft: Raft, peers: PeerClient) {
         }
     }
 }
-
-/// Answers are small and latency is what matters: send each segment at once.
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    let _ = tcp.set_nodelay(true);
-}
-
 /// The fatal error Raft stopped with, if it did.
 fn fatal_error(node: &Node) -> Option<String> {
     match &node.raft.metrics().borrow_watched().running_state {

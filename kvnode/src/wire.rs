@@ -288,8 +288,17 @@ pub mod stream {
         w.write_all(&buf).await
     }
 
-    /// Read one frame; `None` at a clean end of the stream.
+    /// Read one frame of at most [`MAX_FRAME`] bytes; `None` at a clean end of the stream.
     pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+        read_frame_limited(r, MAX_FRAME).await
+    }
+
+    /// Read one frame of at most `max` bytes; `None` at a clean end of the stream. A larger
+    /// length is refused before anything is allocated for it.
+    pub async fn read_frame_limited<R: tokio::io::AsyncRead + Unpin>(
+        r: &mut R,
+        max: usize,
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let mut len = [0u8; 4];
         match r.read_exact(&mut len).await {
             Ok(_) => {}
@@ -297,10 +306,10 @@ pub mod stream {
             Err(e) => return Err(e),
         }
         let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_FRAME {
+        if len > max {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("a replication frame of {len} bytes is larger than {MAX_FRAME}"),
+                format!("a replication frame of {len} bytes is larger than {max}"),
             ));
         }
         let mut body = vec![0u8; len];

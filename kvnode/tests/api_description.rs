@@ -348,3 +348,52 @@ fn check_stream(spec: &Yaml, c: &Cluster, path: &str, ok: &Yaml, documented: &BT
         "the closing error event is documented"
     );
 }
+
+/// With an auth file, every documented operation is refused 401 without a token (with the
+/// challenge header), and the description documents that answer, and 403, for each.
+#[test]
+fn the_description_documents_the_answers_of_a_node_with_tokens() {
+    let spec = spec();
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"].as_str(),
+        Some("bearer")
+    );
+    let c = Cluster::start_secure(
+        1,
+        &[],
+        testkit::Secure {
+            tokens: true,
+            ..testkit::Secure::default()
+        },
+    );
+    let paths = spec["paths"].as_hash().expect("paths");
+    for (path, item) in paths {
+        let path = path.as_str().expect("path string");
+        let concrete = path.replace("{key}", "spec-key");
+        for method in METHODS {
+            let op = &item[*method];
+            if op.is_badvalue() {
+                continue;
+            }
+            let responses = op["responses"].as_hash().expect("responses");
+            for status in ["401", "403"] {
+                assert!(
+                    responses.contains_key(&Yaml::String(status.into())),
+                    "{method} {path} does not document {status}"
+                );
+            }
+            let r = c
+                .request(
+                    0,
+                    &method.to_uppercase(),
+                    &concrete,
+                    None,
+                    &[("authorization", "")],
+                )
+                .expect("answer");
+            assert_eq!(r.status, 401, "{method} {path}: {:?}", r.json);
+            assert_eq!(r.json["error"]["code"], "unauthenticated");
+            assert!(r.headers.contains_key("www-authenticate"));
+        }
+    }
+}

@@ -527,7 +527,7 @@ fn the_assignment_command_line_forms_a_cluster_and_sigterm_stops_cleanly() {
             .expect("spawn");
         children.push(ChildGuard::new(format!("node {i}"), child, log_path));
     }
-    let http = reqwest::blocking::Client::new();
+    let http = testkit::http_client(None, None);
     let url = |i: usize, path: &str| format!("http://127.0.0.1:{}{}", ports[i], path);
     poll(Duration::from_secs(30), "a write to succeed", || {
         let r = http
@@ -701,7 +701,7 @@ fn a_node_whose_disk_fills_up_stops_serving_and_exits_non_zero() {
         .spawn()
         .expect("spawn");
     let mut node = ChildGuard::new("node 0", child, &log_path);
-    let http = reqwest::blocking::Client::new();
+    let http = testkit::http_client(None, None);
     let url = |path: &str| format!("http://127.0.0.1:{}{}", ports[0], path);
     poll(
         Duration::from_secs(30),

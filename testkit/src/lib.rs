@@ -7,6 +7,11 @@
 //! - kills every child when the [`Cluster`] is dropped, and, when the test is failing
 //!   (panicking), prints every node's log so the failure can be understood,
 //! - waits by polling with deadlines, never by fixed sleeps.
+//!
+//! A cluster can also be secured ([`Secure`]): certificates made by the real `kvnode certs`,
+//! TLS on both ports (optionally client certificates), and an auth file with one token per
+//! role. The harness's own requests then speak TLS and carry the admin token, so every helper
+//! works the same on either kind of cluster.
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -81,6 +86,90 @@ pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// How a test cluster is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Secure {
+    /// Certificates from `kvnode certs`: HTTPS on the client port, mutual TLS between nodes.
+    pub tls: bool,
+    /// The client port also requires client certificates (needs `tls`).
+    pub client_certs: bool,
+    /// An auth file with one token per role; the cluster file names the admin token's file.
+    pub tokens: bool,
+}
+
+impl Secure {
+    /// TLS and tokens.
+    pub fn all() -> Secure {
+        Secure {
+            tls: true,
+            client_certs: false,
+            tokens: true,
+        }
+    }
+}
+
+/// The bearer tokens of a cluster with [`Secure::tokens`], in clear, one per role.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// May read.
+    pub read: String,
+    /// May read and write keys.
+    pub write: String,
+    /// May do anything.
+    pub admin: String,
+}
+
+/// Make a fresh random token.
+pub fn new_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::thread_rng().gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of `token` in hex, as an auth file holds it.
+pub fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An HTTP client for a test: trusts `ca` when given (and presents `identity`, a certificate
+/// and key, when given); plain otherwise.
+pub fn http_client(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> reqwest::blocking::Client {
+    use rustls_pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .no_proxy();
+    if let Some(ca) = ca {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("read the CA") {
+            roots.add(cert.expect("CA certificate")).expect("usable CA");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+        let tls = match identity {
+            Some((cert, key)) => {
+                let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                    .expect("read the certificate")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("certificate");
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+                tls.with_client_auth_cert(chain, key).expect("client identity")
+            }
+            None => tls.with_no_client_auth(),
+        };
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder.build().expect("http client")
+}
+
 /// One node process.
 pub struct NodeProc {
     /// The node's id.
@@ -114,6 +203,8 @@ pub struct Cluster {
     nodes: Vec<NodeProc>,
     args: Vec<String>,
     http: reqwest::blocking::Client,
+    secure: Secure,
+    tokens: Option<Tokens>,
 }
 
 /// Where one node listens and how its process is started, for clusters that do not live on
@@ -186,12 +277,47 @@ impl Cluster {
     /// anything: the addresses and launch prefixes are the caller's, everything else (data
     /// directories, logs, kill-on-drop) is as with [`Cluster::spawn`].
     pub fn spawn_with_layout(layout: &[NodeLayout], args: &[&str]) -> Cluster {
+        Self::spawn_secure_with_layout(layout, args, Secure::default())
+    }
+
+    /// Start `n` secured nodes on loopback without waiting for anything.
+    pub fn spawn_secure(n: usize, args: &[&str], secure: Secure) -> Cluster {
+        let ports = free_ports(2 * n);
+        let layout: Vec<NodeLayout> = (0..n)
+            .map(|i| NodeLayout {
+                http: format!("127.0.0.1:{}", ports[2 * i]),
+                raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                launch_prefix: Vec::new(),
+            })
+            .collect();
+        Self::spawn_secure_with_layout(&layout, args, secure)
+    }
+
+    /// Start `n` secured nodes and wait for a leader.
+    pub fn start_secure(n: usize, args: &[&str], secure: Secure) -> Cluster {
+        let c = Self::spawn_secure(n, args, secure);
+        c.wait_for_leader(Duration::from_secs(30));
+        c
+    }
+
+    /// [`Cluster::spawn_with_layout`], secured as `secure` says.
+    pub fn spawn_secure_with_layout(layout: &[NodeLayout], args: &[&str], secure: Secure) -> Cluster {
         let all: Vec<NodeId> = (0..layout.len() as NodeId).collect();
-        Self::spawn_with_layout_some(layout, &all, args)
+        Self::spawn_secure_with_layout_some(layout, &all, args, secure)
     }
 
     /// [`Cluster::spawn_with_layout`], starting only the nodes in `start`.
     pub fn spawn_with_layout_some(layout: &[NodeLayout], start: &[NodeId], args: &[&str]) -> Cluster {
+        Self::spawn_secure_with_layout_some(layout, start, args, Secure::default())
+    }
+
+    /// [`Cluster::spawn_secure_with_layout`], starting only the nodes in `start`.
+    pub fn spawn_secure_with_layout_some(
+        layout: &[NodeLayout],
+        start: &[NodeId],
+        args: &[&str],
+        secure: Secure,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nodes: Vec<NodeAddr> = layout
             .iter()
@@ -203,20 +329,31 @@ impl Cluster {
             })
             .collect();
         let file = ClusterFile::from_nodes(nodes).expect("valid cluster");
-        let cluster_path = dir.path().join("cluster.toml");
+        let mut cluster_path = dir.path().join("cluster.toml");
         std::fs::write(&cluster_path, file.to_toml()).expect("write cluster file");
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .no_proxy()
-            .build()
-            .expect("http client");
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (file, tokens) = secure_files(dir.path(), &mut cluster_path, file, &mut args, secure);
+        let certs = dir.path().join("certs");
+        let http = match secure.tls {
+            true => http_client(
+                Some(&certs.join("ca.pem")),
+                secure
+                    .client_certs
+                    .then(|| (certs.join("client.pem"), certs.join("client.key")))
+                    .as_ref()
+                    .map(|(c, k)| (c.as_path(), k.as_path())),
+            ),
+            false => http_client(None, None),
+        };
         let mut c = Cluster {
             nodes: Vec::new(),
             file,
             cluster_path,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
             dir,
             http,
+            secure,
+            tokens,
         };
         for (i, l) in layout.iter().enumerate() {
             let node = NodeProc {
@@ -389,7 +526,34 @@ impl Cluster {
 
     /// A node's base URL.
     pub fn url(&self, id: NodeId) -> String {
-        format!("http://{}", self.http_addr(id))
+        let scheme = if self.secure.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr(id))
+    }
+
+    /// How the cluster is secured.
+    pub fn secure(&self) -> Secure {
+        self.secure
+    }
+
+    /// The tokens, when the cluster has an auth file.
+    pub fn tokens(&self) -> Option<&Tokens> {
+        self.tokens.as_ref()
+    }
+
+    /// The directory of the certificates (`ca.pem`, `node<ID>.pem`, `client.pem`, ...), when
+    /// the cluster speaks TLS.
+    pub fn certs_dir(&self) -> Option<PathBuf> {
+        self.secure.tls.then(|| self.dir.path().join("certs"))
+    }
+
+    /// The auth file, when there is one.
+    pub fn auth_file(&self) -> Option<PathBuf> {
+        self.secure.tokens.then(|| self.dir.path().join("auth.toml"))
+    }
+
+    /// The harness's HTTP client (trusts the cluster's CA).
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
     }
 
     /// A node's data directory.
@@ -428,6 +592,15 @@ impl Cluster {
                 panic!("node {id} did not exit within 20 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send signal `sig` (e.g. `libc::SIGHUP`) to a running node.
+    pub fn signal(&self, id: NodeId, sig: i32) {
+        let node = self.nodes.iter().find(|n| n.id == id).expect("known node");
+        if let Some(child) = &node.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, sig) };
         }
     }
 
@@ -503,7 +676,17 @@ impl Cluster {
     ) -> Option<Reply> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, format!("{}{}", self.url(id), path));
-        for (k, v) in headers {
+        let own_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(tokens), false) = (&self.tokens, own_auth) {
+            req = req.bearer_auth(&tokens.admin);
+        }
+        // An empty Authorization value given by the test means: send none.
+        for (k, v) in headers
+            .iter()
+            .filter(|(k, v)| !(k.eq_ignore_ascii_case("authorization") && v.is_empty()))
+        {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
@@ -660,6 +843,77 @@ fn loopback_layout() -> NodeLayout {
         raft: format!("127.0.0.1:{}", ports[1]),
         launch_prefix: Vec::new(),
     }
+}
+
+/// Secure a cluster whose plain cluster file is at `cluster_path`: certificates by `kvnode
+/// certs` (the cluster file becomes the one it writes), client certificates, an auth file.
+fn secure_files(
+    dir: &Path,
+    cluster_path: &mut PathBuf,
+    file: ClusterFile,
+    args: &mut Vec<String>,
+    secure: Secure,
+) -> (ClusterFile, Option<Tokens>) {
+    let mut file = file;
+    let tokens = secure.tokens.then(|| Tokens {
+        read: new_token(),
+        write: new_token(),
+        admin: new_token(),
+    });
+    if secure.tls {
+        let certs = dir.join("certs");
+        let out = Command::new(kvnode_bin())
+            .arg("certs")
+            .arg("--cluster")
+            .arg(&*cluster_path)
+            .arg("--out")
+            .arg(&certs)
+            .output()
+            .expect("run kvnode certs");
+        assert!(
+            out.status.success(),
+            "kvnode certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        *cluster_path = certs.join("cluster.toml");
+        file = ClusterFile::load(cluster_path).expect("the cluster file kvnode certs wrote");
+        if secure.client_certs {
+            if let Some(tls) = file.tls.as_mut() {
+                tls.client_ca = Some(certs.join("ca.pem"));
+            }
+            if let Some(client) = file.client.as_mut() {
+                client.cert = Some(certs.join("client.pem"));
+                client.key = Some(certs.join("client.key"));
+            }
+        }
+    }
+    if let Some(tokens) = &tokens {
+        let auth = dir.join("auth.toml");
+        let text: String = [
+            ("reader", "read", &tokens.read),
+            ("writer", "write", &tokens.write),
+            ("ops", "admin", &tokens.admin),
+        ]
+        .iter()
+        .map(|(name, role, token)| {
+            format!(
+                "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n\n",
+                sha256_hex(token)
+            )
+        })
+        .collect();
+        std::fs::write(&auth, text).expect("write the auth file");
+        let token_file = dir.join("admin.token");
+        std::fs::write(&token_file, format!("{}\n", tokens.admin)).expect("write the token file");
+        file.client.get_or_insert_with(Default::default).token_file = Some(token_file);
+        args.push("--auth-file".into());
+        args.push(auth.display().to_string());
+    }
+    if secure.tls || secure.tokens {
+        *cluster_path = dir.join("secure-cluster.toml");
+        std::fs::write(&*cluster_path, file.to_toml()).expect("write the cluster file");
+    }
+    (file, tokens)
 }
 
 /// Print the last 300 lines of a process's log to stderr, under a header naming it.

@@ -63,7 +63,15 @@ impl Client {
                 }
             };
             match target {
-                Err(reason) => last_reason = Some(reason),
+                Err(super::discovery::Undiscovered::Refused(failure)) => {
+                    return Err(final_error(
+                        failure,
+                        key,
+                        doubt.is_some(),
+                        request.idempotency_key.as_deref(),
+                    ))
+                }
+                Err(super::discovery::Undiscovered::Retry(reason)) => last_reason = Some(reason),
                 Ok(target) => {
                     attempts += 1;
                     let limit = self.attempt_limit(deadline);
@@ -246,7 +254,9 @@ pub(super) fn final_error(
                     | C::IdempotencyKeyReused
                     | C::MemberNotFound
                     | C::MemberConflict
-                    | C::LearnerBehind),
+                    | C::LearnerBehind
+                    | C::Unauthenticated
+                    | C::Forbidden),
                 ),
             message,
             ..
@@ -258,7 +268,10 @@ pub(super) fn final_error(
                     idempotency_key: idempotency_key.to_string(),
                 }
             }
-            _ => ClientError::Other(format!("server error: {}", other.describe())),
+            _ => match other {
+                Failure::Tls(why) => ClientError::Other(why),
+                other => ClientError::Other(format!("server error: {}", other.describe())),
+            },
         },
     }
 }

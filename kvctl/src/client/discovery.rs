@@ -21,6 +21,29 @@ use tokio::task::JoinSet;
 
 use super::{lock, Client, Target};
 use crate::survey::NodeReport;
+use crate::transport::Failure;
+
+/// Why discovery found no node to send to.
+pub(super) enum Undiscovered {
+    /// Nothing lasting: try again (the reason is worded for the operator).
+    Retry(String),
+    /// Every node that answered refused kvctl itself (TLS failed, no valid token, a role
+    /// too weak): asking again cannot help.
+    Refused(Failure),
+}
+
+/// A failure that says kvctl itself is refused, not that the cluster is busy.
+fn refuses_us(failure: &Failure) -> bool {
+    use kvapi::ErrorCode::{Forbidden, Unauthenticated};
+    matches!(
+        failure,
+        Failure::Tls(_)
+            | Failure::Answered {
+                code: Some(Unauthenticated | Forbidden),
+                ..
+            }
+    )
+}
 
 impl Client {
     /// [`Client::node_statuses`] bounded by `deadline`; with `readiness`, each node's
@@ -120,8 +143,8 @@ impl Client {
     }
 
     /// One discovery round: ask every node for its status and pick the leader. Errors are a
-    /// reason to retry, worded for the operator.
-    pub(super) async fn discover(&self, deadline: Instant) -> Result<Target, String> {
+    /// reason to retry, worded for the operator, unless every node refused kvctl itself.
+    pub(super) async fn discover(&self, deadline: Instant) -> Result<Target, Undiscovered> {
         let limit = self.probe_limit(deadline);
         let endpoints = self.discovery_targets();
         let majority = endpoints.len() / 2 + 1;
@@ -136,6 +159,7 @@ impl Client {
         }
         let mut answered = 0usize;
         let mut first_error: Option<String> = None;
+        let mut refused: Option<Failure> = None;
         // Nodes that did not answer this round: a hint naming one of them is stale (the old
         // leader died and the others have not noticed yet), so it is not worth an attempt.
         let mut silent: Vec<String> = Vec::new();
@@ -178,6 +202,9 @@ impl Client {
                 Err(failure) => {
                     tracing::debug!(node = %address, "status failed: {}", failure.describe());
                     first_error.get_or_insert_with(|| format!("{address}: {}", failure.describe()));
+                    if refuses_us(&failure) {
+                        refused.get_or_insert(failure);
+                    }
                     silent.push(address);
                 }
             }
@@ -224,21 +251,24 @@ impl Client {
                     );
                     Ok(via)
                 }
-                None if dead_leader.is_some() => Err(format!(
+                None if answered == 0 && refused.is_some() => Err(Undiscovered::Refused(
+                    refused.unwrap_or(Failure::NotSent(String::new())),
+                )),
+                None if dead_leader.is_some() => Err(Undiscovered::Retry(format!(
                     "the last known leader{} does not answer; waiting for a new election",
                     dead_leader
                         .and_then(|t| t.id)
                         .map(|id| format!(" (node {id})"))
                         .unwrap_or_default()
-                )),
-                None if answered == 0 => Err(format!(
+                ))),
+                None if answered == 0 => Err(Undiscovered::Retry(format!(
                     "no node answered ({})",
                     first_error.unwrap_or_else(|| "no endpoints".into())
-                )),
-                None => Err(format!(
+                ))),
+                None => Err(Undiscovered::Retry(format!(
                     "no leader elected ({answered} of {} nodes answered, none knows a leader)",
                     endpoints.len()
-                )),
+                ))),
             },
         }
     }

@@ -95,6 +95,8 @@ pub struct ClientConfig {
     pub consistency: Consistency,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
+    /// TLS and the bearer token.
+    pub security: crate::security::Security,
 }
 
 impl ClientConfig {
@@ -119,6 +121,7 @@ impl ClientConfig {
             probe_timeout: DEFAULT_PROBE_TIMEOUT,
             consistency: Consistency::Linearizable,
             retry: RetryPolicy::default(),
+            security: Default::default(),
         }
     }
 }
@@ -193,7 +196,8 @@ impl Client {
         let connect = Duration::from_secs(1)
             .min(config.attempt_timeout)
             .min(config.probe_timeout);
-        let transport = Transport::new(connect).map_err(|e| ClientError::Other(e.to_string()))?;
+        let transport = Transport::with_security(connect, &config.security)
+            .map_err(|e| ClientError::Other(e.to_string()))?;
         let addresses = config
             .endpoints
             .iter()
