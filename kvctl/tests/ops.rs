@@ -39,8 +39,10 @@ fn cluster_arg(c: &Cluster) -> String {
     c.cluster_file().display().to_string()
 }
 
-/// `kvnode restore` for every node of `target`.
-fn restore_all(backup: &Path, target: &Cluster) {
+/// `kvnode restore` for every node of `target`; the id of the new cluster, which every node
+/// was told alike.
+fn restore_all(backup: &Path, target: &Cluster) -> String {
+    let mut ids = std::collections::BTreeSet::new();
     for id in target.ids() {
         let out = Command::new(testkit::kvnode_bin())
             .arg("restore")
@@ -52,18 +54,28 @@ fn restore_all(backup: &Path, target: &Cluster) {
             .arg(target.data_dir(id))
             .output()
             .expect("run kvnode restore");
+        let stdout = text(&out.stdout);
         assert!(
             out.status.success(),
-            "restore of node {id} failed: {}{}",
-            text(&out.stdout),
+            "restore of node {id} failed: {stdout}{}",
             text(&out.stderr)
         );
-        assert!(
-            text(&out.stdout).contains(&format!("as node {id} of a new cluster")),
-            "{}",
-            text(&out.stdout)
-        );
+        let said = format!("as node {id} of new cluster ");
+        let cluster = stdout
+            .split_once(said.as_str())
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no cluster id in: {stdout}"));
+        ids.insert(cluster.to_string());
     }
+    assert_eq!(ids.len(), 1, "every restored node names one cluster: {ids:?}");
+    ids.into_iter().next().expect("one id")
+}
+
+/// The cluster id a node recorded in its data directory.
+fn recorded_cluster(data_dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(data_dir.join("node.json")).ok()?;
+    let json: Value = serde_json::from_slice(&bytes).ok()?;
+    json["cluster"].as_str().map(str::to_string)
 }
 
 /// Sets `stop` when dropped, so that writer threads end even when the test panics (a scoped
@@ -176,11 +188,16 @@ fn a_backup_taken_under_write_load_restores_every_acknowledged_write_into_a_new_
         before.len(),
         acked.in_doubt
     );
+    let old_cluster = recorded_cluster(&source.data_dir(0)).expect("the source's cluster id");
     drop(source);
 
-    // A new cluster on other ports, built from the backup.
+    // A new cluster on other ports, built from the backup, under a cluster id of its own.
     let mut target = Cluster::prepare(3, FAST);
-    restore_all(&backup, &target);
+    let new_cluster = restore_all(&backup, &target);
+    assert_ne!(new_cluster, old_cluster, "a restored cluster is a new cluster");
+    for id in target.ids() {
+        assert_eq!(recorded_cluster(&target.data_dir(id)), Some(new_cluster.clone()));
+    }
     for id in target.ids() {
         target.restart(id);
     }

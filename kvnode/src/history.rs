@@ -229,7 +229,10 @@ impl History {
             .collect();
         {
             let mut ring = self.lock();
-            if index <= ring.applied {
+            // Index 0 is a new cluster's first entry (its membership, no changes), and an
+            // empty history's `applied` is 0 as well: that is no repeat.
+            let repeat = index < ring.applied || (index == ring.applied && index > 0);
+            if repeat {
                 // Apply never goes back; a repeat would duplicate events, so it is dropped.
                 tracing::warn!(
                     index,

@@ -6,7 +6,7 @@
 //! a partition is outvoted by the newer term. Every status answer also teaches the client the
 //! members' addresses (voters and learners), so that a hint that names only an id can be
 //! followed, and so that a cluster file older than the cluster's membership still leads to it:
-//! discovery asks the members learned so far as well as the listed nodes.
+//! when the listed nodes lead nowhere, discovery asks the members learned so far as well.
 //!
 //! While there is no leader to send to, a request goes through a node that answers when a
 //! majority does: every node holds a request until an election ends and forwards it to the
@@ -142,11 +142,28 @@ impl Client {
         self.config.probe_timeout.min(left).max(Duration::from_millis(1))
     }
 
-    /// One discovery round: ask every node for its status and pick the leader. Errors are a
-    /// reason to retry, worded for the operator, unless every node refused kvctl itself.
+    /// One discovery round: ask the listed nodes for their status and pick the leader; when
+    /// they lead nowhere, ask the members learned since as well. The listed nodes come first
+    /// because they are what the operator named: `--endpoints` may be a proxy or a load
+    /// balancer, which a leader's own address would bypass. Errors are a reason to retry,
+    /// worded for the operator, unless every node refused kvctl itself.
     pub(super) async fn discover(&self, deadline: Instant) -> Result<Target, Undiscovered> {
+        let listed: Vec<String> = self.config.endpoints.iter().map(|e| e.address.clone()).collect();
+        let all = self.discovery_targets();
+        let first = self.discover_among(listed.clone(), deadline).await;
+        let retry = matches!(first, Err(Undiscovered::Retry(_)));
+        if !retry || all.len() == listed.len() || Instant::now() >= deadline {
+            return first;
+        }
+        self.discover_among(all, deadline).await
+    }
+
+    async fn discover_among(
+        &self,
+        endpoints: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Target, Undiscovered> {
         let limit = self.probe_limit(deadline);
-        let endpoints = self.discovery_targets();
         let majority = endpoints.len() / 2 + 1;
         let mut set = JoinSet::new();
         for address in &endpoints {
@@ -283,7 +300,7 @@ impl Client {
         }
     }
 
-    /// Where discovery asks: the listed nodes, then every member learned since.
+    /// Where discovery asks at most: the listed nodes, then every member learned since.
     fn discovery_targets(&self) -> Vec<String> {
         let mut targets: Vec<String> = self.config.endpoints.iter().map(|e| e.address.clone()).collect();
         for address in lock(&self.addresses).values() {
