@@ -14,7 +14,9 @@
 //! A loopback host (`127.0.0.1`, `localhost`, `::1`) gets all three loopback names, so that
 //! `curl --cacert DIR/ca.pem https://localhost:8080/keys/a` works for a node whose file says
 //! `127.0.0.1:8080`. Keys are written readable by their owner only. An existing CA is never
-//! overwritten (its certificates may be in use); remove the directory to start over.
+//! overwritten (its certificates may be in use); remove the directory to start over. A node
+//! added later (`kvnode --join`) gets its certificates from the same CA with `kvnode certs
+//! --out DIR --add-node ID --http HOST:PORT --raft HOST:PORT` ([`add_node`]).
 //!
 //! This is a development CA: its key sits beside the certificates. A production cluster uses
 //! certificates from its own CA with the same names.
@@ -22,7 +24,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kvapi::{ClientSecurity, ClusterFile, NodeTls};
+use kvapi::{ClientSecurity, ClusterFile, NodeAddr, NodeTls};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -36,6 +38,9 @@ pub enum CertsError {
     /// The output directory already holds a CA.
     #[error("{} already exists: certificates signed by it may be in use; remove the directory (or pick another --out) to make a new CA", .0.display())]
     Exists(PathBuf),
+    /// `--add-node` found no CA to sign with.
+    #[error("{} holds no CA (ca.pem and ca.key): run `kvnode certs --cluster FILE --out DIR` first", .0.display())]
+    NoCa(PathBuf),
     /// Writing a file failed.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -167,14 +172,7 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
         what: "the CA".into(),
         source,
     })?;
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = rcgen::DistinguishedName::new();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kvnode development CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    validity(&mut ca_params);
+    let ca_params = ca_params();
     let ca_cert = ca_params
         .self_signed(&ca_key)
         .map_err(|source| CertsError::Generate {
@@ -182,35 +180,18 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
             source,
         })?;
     let issuer = Issuer::new(ca_params, ca_key);
-    let sign = |params: CertificateParams| -> Result<(String, String), rcgen::Error> {
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
-    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     for node in &cluster.node {
-        let id = node.id;
-        let (cert, key) = generate(&format!("node {id}'s client port"), || {
-            sign(params(
-                names_for(&node.http, None),
-                &format!("kvnode {id}"),
-                &[ServerAuth],
-            )?)
-        })?;
-        put(format!("node{id}.pem"), &cert, false)?;
-        put(format!("node{id}.key"), &key, true)?;
-        let (cert, key) = generate(&format!("node {id}'s peer port"), || {
-            sign(params(
-                names_for(&node.raft, Some(node_name(id))),
-                &node_name(id),
-                &[ServerAuth, ClientAuth],
-            )?)
-        })?;
-        put(format!("node{id}-peer.pem"), &cert, false)?;
-        put(format!("node{id}-peer.key"), &key, true)?;
+        node_certs(node, &issuer, &mut put)?;
     }
     let (cert, key) = generate("kvctl", || {
-        sign(params(vec!["kvctl".into()], "kvctl", &[ClientAuth])?)
+        sign(
+            &issuer,
+            params(
+                vec!["kvctl".into()],
+                "kvctl",
+                &[ExtendedKeyUsagePurpose::ClientAuth],
+            )?,
+        )
     })?;
     put("client.pem".into(), &cert, false)?;
     put("client.key".into(), &key, true)?;
@@ -250,6 +231,91 @@ pub fn write_all(cluster: &ClusterFile, out: &Path) -> Result<Written, CertsErro
 
 fn ca_key_pem(issuer: &Issuer<'_, KeyPair>) -> String {
     issuer.key().serialize_pem()
+}
+
+/// The development CA's parameters. They are the same every time, so the CA of a directory
+/// can sign again from its key alone (see [`add_node`]).
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "kvnode development CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut p);
+    p
+}
+
+fn sign(issuer: &Issuer<'_, KeyPair>, params: CertificateParams) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Node `node`'s client-port and peer certificates, signed by `issuer`, handed to `put`.
+fn node_certs(
+    node: &NodeAddr,
+    issuer: &Issuer<'_, KeyPair>,
+    put: &mut impl FnMut(String, &str, bool) -> Result<(), CertsError>,
+) -> Result<(), CertsError> {
+    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let id = node.id;
+    let (cert, key) = generate(&format!("node {id}'s client port"), || {
+        sign(
+            issuer,
+            params(
+                names_for(&node.http, None),
+                &format!("kvnode {id}"),
+                &[ServerAuth],
+            )?,
+        )
+    })?;
+    put(format!("node{id}.pem"), &cert, false)?;
+    put(format!("node{id}.key"), &key, true)?;
+    let (cert, key) = generate(&format!("node {id}'s peer port"), || {
+        sign(
+            issuer,
+            params(
+                names_for(&node.raft, Some(node_name(id))),
+                &node_name(id),
+                &[ServerAuth, ClientAuth],
+            )?,
+        )
+    })?;
+    put(format!("node{id}-peer.pem"), &cert, false)?;
+    put(format!("node{id}-peer.key"), &key, true)
+}
+
+/// Certificates for one more node (one that will `--join`), signed by the development CA
+/// that `kvnode certs` wrote into `out` before: its four files, named as for the others.
+pub fn add_node(out: &Path, node: &NodeAddr) -> Result<Vec<PathBuf>, CertsError> {
+    let key_path = out.join("ca.key");
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| CertsError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    if !out.join("ca.pem").exists() {
+        return Err(CertsError::NoCa(out.to_path_buf()));
+    }
+    let existing = out.join(format!("node{}-peer.pem", node.id));
+    if existing.exists() {
+        return Err(CertsError::Exists(existing));
+    }
+    let ca_key = KeyPair::from_pem(&read(&key_path)?).map_err(|source| CertsError::Generate {
+        what: format!("the CA (its key {} does not load)", key_path.display()),
+        source,
+    })?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut written = Vec::new();
+    node_certs(node, &issuer, &mut |name: String, text: &str, secret: bool| {
+        let path = out.join(name);
+        write_file(&path, text, secret)?;
+        written.push(path);
+        Ok(())
+    })?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -294,6 +360,42 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "keys are private");
         }
+    }
+
+    #[test]
+    fn a_node_added_later_is_signed_by_the_same_ca() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = NodeAddr {
+            id: 9,
+            http: "127.0.0.1:8089".into(),
+            raft: "127.0.0.1:6009".into(),
+        };
+        assert!(matches!(add_node(dir.path(), &node), Err(CertsError::NoCa(_))));
+        let cluster = ClusterFile::parse(
+            "[[node]]\nid = 0\nhttp = \"127.0.0.1:8080\"\nraft = \"127.0.0.1:6000\"\n",
+            Path::new("c.toml"),
+        )
+        .expect("cluster");
+        write_all(&cluster, dir.path()).expect("written");
+        let files = add_node(dir.path(), &node).expect("added");
+        assert_eq!(files.len(), 4, "{files:?}");
+        let peer = load_certs(&dir.path().join("node9-peer.pem"), "peer").expect("pem");
+        assert_eq!(node_named_by(&peer[0]), Some(9));
+        // The CA of the directory vouches for it, as it does for the nodes written first.
+        crate::tls::install_default_provider();
+        let roots = crate::tls::load_roots(&dir.path().join("ca.pem"), "ca").expect("roots");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::tls::provider())
+                .build()
+                .expect("verifier");
+        let now = rustls_pki_types::UnixTime::now();
+        for id in [0, 9] {
+            let cert = load_certs(&dir.path().join(format!("node{id}-peer.pem")), "peer").expect("pem");
+            verifier
+                .verify_client_cert(&cert[0], &[], now)
+                .unwrap_or_else(|e| panic!("node {id}'s certificate: {e}"));
+        }
+        assert!(matches!(add_node(dir.path(), &node), Err(CertsError::Exists(_))));
     }
 
     #[test]

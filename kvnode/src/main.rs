@@ -257,18 +257,61 @@ struct RestoreCli {
 #[command(name = "kvnode certs")]
 struct CertsCli {
     /// The cluster file whose nodes get certificates.
-    #[arg(long, value_name = "FILE")]
-    cluster: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "add_node")]
+    cluster: Option<PathBuf>,
 
     /// Where to write them (created; an existing CA there is never overwritten).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+
+    /// Instead: certificates for one more node (to start with --join), signed by the CA that
+    /// `kvnode certs` wrote into --out before.
+    #[arg(long, value_name = "ID", conflicts_with = "cluster", requires_all = ["http", "raft"])]
+    add_node: Option<u64>,
+
+    /// With --add-node: the node's client address, host:port.
+    #[arg(long, value_name = "HOST:PORT", requires = "add_node")]
+    http: Option<String>,
+
+    /// With --add-node: the node's peer address, host:port.
+    #[arg(long, value_name = "HOST:PORT", requires = "add_node")]
+    raft: Option<String>,
 }
 
-/// `kvnode certs ...`: exit 0 when written, 1 when not.
+/// `kvnode certs ...`: exit 0 when written, 1 when not, 2 for bad usage.
 fn certs(args: Vec<std::ffi::OsString>) -> ExitCode {
     let cli = CertsCli::parse_from(args);
-    let cluster = match ClusterFile::load(&cli.cluster) {
+    if let (Some(id), Some(http), Some(raft)) = (cli.add_node, &cli.http, &cli.raft) {
+        let node = kvapi::NodeAddr {
+            id,
+            http: http.clone(),
+            raft: raft.clone(),
+        };
+        return match kvnode::certs::add_node(&cli.out, &node) {
+            Ok(files) => {
+                for f in &files {
+                    println!("wrote {}", f.display());
+                }
+                let dir = cli.out.display();
+                println!(
+                    "\nstart it with: kvnode --join ADDR --id {id} --http {http} --raft {raft} \
+                     --cert-file {dir}/node{id}.pem --key-file {dir}/node{id}.key \
+                     --peer-cert-file {dir}/node{id}-peer.pem --peer-key-file {dir}/node{id}-peer.key \
+                     --peer-ca-file {dir}/ca.pem"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kvnode certs: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(path) = &cli.cluster else {
+        eprintln!("kvnode certs: give --cluster FILE, or --add-node ID --http HOST:PORT --raft HOST:PORT");
+        return ExitCode::from(2);
+    };
+    let cluster = match ClusterFile::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kvnode certs: {e}");

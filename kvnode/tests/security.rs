@@ -472,12 +472,17 @@ fn tokens_with_roles_and_a_reload_on_sighup() {
     // A write through a follower is forwarded and applied.
     assert_eq!(as_(follower, "POST", "/keys/k", &tokens.write).status, 200);
     assert_eq!(as_(leader, "GET", "/keys/k", &tokens.read).json["value"], 1);
-    // Changing something under /admin is the admin's (this route does not exist here: the
-    // token is checked first, so write hears 403 and admin the 404).
+    // Changing something under /admin is the admin's: the token is checked first, so write
+    // hears 403, and admin the 400 of a member addition without a body.
     assert_eq!(as_(leader, "POST", "/admin/members", &tokens.write).status, 403);
-    assert_eq!(as_(leader, "POST", "/admin/members", &tokens.admin).status, 404);
-    // Health and readiness checks are open (not routes here either: 404, not 401).
-    assert_eq!(as_(leader, "GET", "/health", "").status, 404);
+    assert_eq!(as_(leader, "POST", "/admin/members", &tokens.admin).status, 400);
+    assert_eq!(as_(leader, "GET", "/admin/members", &tokens.read).status, 200);
+    assert_eq!(as_(leader, "GET", "/admin/snapshot", &tokens.write).status, 403);
+    assert_eq!(as_(leader, "GET", "/metrics", "").status, 401);
+    assert_eq!(as_(leader, "GET", "/metrics", &tokens.read).status, 200);
+    // Health and readiness checks are open.
+    assert_eq!(as_(leader, "GET", "/health", "").status, 200);
+    assert_eq!(as_(follower, "GET", "/ready", "").status, 200);
 
     // SIGHUP: a new file takes over on every node; the old tokens stop working.
     let fresh = testkit::new_token();
