@@ -277,10 +277,9 @@ impl Facts {
             ));
         };
         if leader == self.id && self.state == ServerState::Leader {
-            let unacknowledged = match self.quorum_ack_age {
-                Some(age) => age > self.lease,
-                None => self.voters > 1,
-            };
+            // A lone voter is its own majority: openraft stops refreshing its acknowledgement
+            // time once nothing is replicated, which says nothing about it.
+            let unacknowledged = self.voters > 1 && self.quorum_ack_age.is_none_or(|age| age > self.lease);
             if unacknowledged {
                 return Err((
                     NotReadyReason::NoLeader,
@@ -590,6 +589,7 @@ mod tests {
             "not acknowledged yet"
         );
         assert_eq!(reason(&leader(None, 1)), None, "a lone voter needs nobody");
+        assert_eq!(reason(&leader(Some(60_000), 1)), None, "nor does an idle one");
     }
 
     #[test]
