@@ -1083,3 +1083,37 @@ fn forged_identity_headers_and_junk_on_a_plain_peer_port_change_nothing() {
     assert_eq!(state(&c, &keys), before, "junk changed the cluster (seed {seed})");
     assert_eq!(c.put(1, "k", json!("after")).expect("answer").status, 200);
 }
+
+/// A TLS cluster with tokens grows like any other: a node with certificates from the same CA
+/// (`kvnode certs --add-node`) and a read token (`--join-token-file`) joins, is promoted by an
+/// admin, and replicates; a member change needs the admin role.
+#[test]
+fn a_secured_cluster_admits_a_node_with_certificates_from_its_ca() {
+    let mut c = Cluster::start_secure(3, &[], Secure::all());
+    let tokens = c.tokens().expect("tokens").clone();
+    assert_eq!(c.put(0, "k", json!("before")).expect("answer").status, 200);
+    c.join(3, &[0, 1]);
+    c.wait_for_members(0, &[0, 1, 2], &[3], Duration::from_secs(30));
+    let promote = |token: &str| {
+        c.request(
+            1,
+            "POST",
+            "/admin/members/3/promote",
+            None,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .expect("answer")
+    };
+    assert_eq!(promote(&tokens.write).status, 403, "member changes are the admin's");
+    poll(Duration::from_secs(30), "node 3 to be promoted", || {
+        (promote(&tokens.admin).status == 200).then_some(())
+    });
+    c.wait_for_members(0, &[0, 1, 2, 3], &[], Duration::from_secs(30));
+    poll(Duration::from_secs(20), "node 3 to hold the data", || {
+        let r = c.request(3, "GET", "/keys/k?consistency=stale", None, &[])?;
+        (r.json["value"] == json!("before")).then_some(())
+    });
+    // It speaks mutual TLS with the others: a write through it is forwarded and applied.
+    assert_eq!(c.put(3, "k", json!("after")).expect("answer").status, 200);
+    assert_eq!(c.get(2, "k").expect("answer"), Some(json!("after")));
+}

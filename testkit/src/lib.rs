@@ -191,6 +191,8 @@ pub struct NodeProc {
     join: Option<Vec<String>>,
     /// Arguments for the next start only (e.g. `--force-new-cluster`).
     once: Vec<String>,
+    /// Arguments of this node alone, at every start (a joining node's certificates).
+    own: Vec<String>,
     /// Retired: removed from the cluster, no longer counted or restarted.
     retired: bool,
 }
@@ -367,6 +369,7 @@ impl Cluster {
                 prefix: l.launch_prefix.clone(),
                 join: None,
                 once: Vec::new(),
+                own: Vec::new(),
                 retired: false,
             };
             c.nodes.push(node);
@@ -390,6 +393,7 @@ impl Cluster {
             "node id {id} is taken in this test cluster"
         );
         let join = via.iter().map(|v| self.http_addr(*v)).collect();
+        let own = self.joining_security(id, &layout.http, &layout.raft);
         let node = NodeProc {
             id,
             child: None,
@@ -401,10 +405,53 @@ impl Cluster {
             prefix: layout.launch_prefix,
             join: Some(join),
             once: Vec::new(),
+            own,
             retired: false,
         };
         self.nodes.push(node);
         self.launch(id);
+    }
+
+    /// What a node joining a secured cluster needs of its own: certificates from the
+    /// cluster's CA (`kvnode certs --add-node`) and a token to ask the members who they are.
+    fn joining_security(&self, id: NodeId, http: &str, raft: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.secure.tls {
+            let certs = self.dir.path().join("certs");
+            let out = Command::new(kvnode_bin())
+                .args(["certs", "--add-node", &id.to_string(), "--http", http, "--raft", raft])
+                .arg("--out")
+                .arg(&certs)
+                .output()
+                .expect("run kvnode certs --add-node");
+            assert!(
+                out.status.success(),
+                "kvnode certs --add-node failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let file = |name: String| certs.join(name).display().to_string();
+            args.extend([
+                "--cert-file".to_string(),
+                file(format!("node{id}.pem")),
+                "--key-file".into(),
+                file(format!("node{id}.key")),
+                "--peer-cert-file".into(),
+                file(format!("node{id}-peer.pem")),
+                "--peer-key-file".into(),
+                file(format!("node{id}-peer.key")),
+                "--peer-ca-file".into(),
+                file("ca.pem".into()),
+            ]);
+            if self.secure.client_certs {
+                args.extend(["--client-ca-file".to_string(), file("ca.pem".into())]);
+            }
+        }
+        if let Some(tokens) = &self.tokens {
+            let path = self.dir.path().join(format!("join{id}.token"));
+            std::fs::write(&path, format!("{}\n", tokens.read)).expect("write the join token");
+            args.extend(["--join-token-file".to_string(), path.display().to_string()]);
+        }
+        args
     }
 
     /// Give node `id` these arguments at its next start only (e.g. `--force-new-cluster`).
@@ -435,6 +482,7 @@ impl Cluster {
         let node = self.node(id);
         let prefix = node.prefix.clone();
         let once = std::mem::take(&mut node.once);
+        let own = node.own.clone();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -461,6 +509,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&args)
+            .args(&own)
             .args(&once)
             .env(
                 "RUST_LOG",
