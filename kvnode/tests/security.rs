@@ -1104,7 +1104,11 @@ fn a_secured_cluster_admits_a_node_with_certificates_from_its_ca() {
         )
         .expect("answer")
     };
-    assert_eq!(promote(&tokens.write).status, 403, "member changes are the admin's");
+    assert_eq!(
+        promote(&tokens.write).status,
+        403,
+        "member changes are the admin's"
+    );
     poll(Duration::from_secs(30), "node 3 to be promoted", || {
         (promote(&tokens.admin).status == 200).then_some(())
     });

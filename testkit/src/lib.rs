@@ -419,7 +419,15 @@ impl Cluster {
         if self.secure.tls {
             let certs = self.dir.path().join("certs");
             let out = Command::new(kvnode_bin())
-                .args(["certs", "--add-node", &id.to_string(), "--http", http, "--raft", raft])
+                .args([
+                    "certs",
+                    "--add-node",
+                    &id.to_string(),
+                    "--http",
+                    http,
+                    "--raft",
+                    raft,
+                ])
                 .arg("--out")
                 .arg(&certs)
                 .output()
