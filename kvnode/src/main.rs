@@ -294,10 +294,11 @@ fn certs(args: Vec<std::ffi::OsString>) -> ExitCode {
                 }
                 let dir = cli.out.display();
                 println!(
-                    "\nstart it with: kvnode --join ADDR --id {id} --http {http} --raft {raft} \
-                     --cert-file {dir}/node{id}.pem --key-file {dir}/node{id}.key \
+                    "\nsigned by {dir}/ca.pem. A new node joins with: kvnode --join ADDR --id {id} \
+                     --http {http} --raft {raft} --cert-file {dir}/node{id}.pem --key-file {dir}/node{id}.key \
                      --peer-cert-file {dir}/node{id}-peer.pem --peer-key-file {dir}/node{id}-peer.key \
-                     --peer-ca-file {dir}/ca.pem"
+                     --peer-ca-file {dir}/ca.pem (and --join-token-file FILE when the cluster checks tokens); \
+                     a renewed node is restarted as before"
                 );
                 ExitCode::SUCCESS
             }
