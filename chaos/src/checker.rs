@@ -209,8 +209,13 @@ pub struct Report {
     pub examples: Vec<Anomaly>,
 }
 
-/// Nemesis actions that inject a fault (the others, `restart`, `resume`, `heal`, undo one).
-pub const FAULT_ACTIONS: [&str; 3] = ["kill", "pause", "partition"];
+/// Nemesis actions that inject a fault or change the membership (each change counts: `add`,
+/// `promote` and `remove`). Of the others, `restart`, `resume` and `heal` undo a fault, and
+/// [`SKIP_ACTION`] records a step that could not be carried out.
+pub const FAULT_ACTIONS: [&str; 7] = ["kill", "pause", "partition", "wipe", "add", "promote", "remove"];
+
+/// The nemesis action recording a step it skipped, with the reason in its detail.
+pub const SKIP_ACTION: &str = "skip";
 
 /// How many examples of each anomaly class a report keeps.
 pub const EXAMPLES_PER_KIND: usize = 5;
@@ -267,6 +272,7 @@ impl Report {
         let (injected, undone): (Vec<_>, Vec<_>) = self
             .faults
             .iter()
+            .filter(|(action, _)| action.as_str() != SKIP_ACTION)
             .partition(|(action, _)| FAULT_ACTIONS.contains(&action.as_str()));
         let list = |actions: &[(&String, &usize)]| {
             let total: usize = actions.iter().map(|(_, n)| **n).sum();
@@ -279,6 +285,9 @@ impl Report {
             list(&injected),
             list(&undone)
         )?;
+        if let Some(skipped) = self.faults.get(SKIP_ACTION) {
+            writeln!(out, "fault steps skipped (the history says why): {skipped}")?;
+        }
         if self.watchers > 0 {
             writeln!(
                 out,
