@@ -1,4 +1,4 @@
-//! The short fault-injection runs that are part of `cargo test`: about a minute in total.
+//! The short fault-injection runs that are part of `cargo test`: about two minutes in total.
 //!
 //! Each run starts a fresh cluster of real `kvnode` processes, drives concurrent clients
 //! against it while the nemesis kills, pauses and (as root) partitions nodes on a seeded
