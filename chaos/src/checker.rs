@@ -217,6 +217,10 @@ pub const FAULT_ACTIONS: [&str; 7] = ["kill", "pause", "partition", "wipe", "add
 /// The nemesis action recording a step it skipped, with the reason in its detail.
 pub const SKIP_ACTION: &str = "skip";
 
+/// The nemesis action recording a node whose process ended without the nemesis stopping it
+/// (it was restarted).
+pub const EXITED_ACTION: &str = "exited";
+
 /// How many examples of each anomaly class a report keeps.
 pub const EXAMPLES_PER_KIND: usize = 5;
 
@@ -272,7 +276,7 @@ impl Report {
         let (injected, undone): (Vec<_>, Vec<_>) = self
             .faults
             .iter()
-            .filter(|(action, _)| action.as_str() != SKIP_ACTION)
+            .filter(|(action, _)| ![SKIP_ACTION, EXITED_ACTION].contains(&action.as_str()))
             .partition(|(action, _)| FAULT_ACTIONS.contains(&action.as_str()));
         let list = |actions: &[(&String, &usize)]| {
             let total: usize = actions.iter().map(|(_, n)| **n).sum();
@@ -287,6 +291,12 @@ impl Report {
         )?;
         if let Some(skipped) = self.faults.get(SKIP_ACTION) {
             writeln!(out, "fault steps skipped (the history says why): {skipped}")?;
+        }
+        if let Some(exited) = self.faults.get(EXITED_ACTION) {
+            writeln!(
+                out,
+                "nodes that ended by themselves (crash or outside signal; restarted): {exited}"
+            )?;
         }
         if self.watchers > 0 {
             writeln!(

@@ -390,6 +390,7 @@ impl<'a> Nemesis<'a> {
             if !sleep_unless(step.gap, stop) {
                 break;
             }
+            self.restart_exited();
             let healer = self.apply(&step.fault)?;
             applied += 1;
             // The hold is not cut short by `stop`: the schedule says how long the fault lasts.
@@ -838,9 +839,26 @@ impl<'a> Nemesis<'a> {
         Ok(())
     }
 
+    /// Restart every member whose process ended although the nemesis did not stop it (a
+    /// crash, or a signal from outside the harness), recording `exited` with its exit status:
+    /// left alone, such a node would count as running and the cluster could never converge.
+    fn restart_exited(&mut self) {
+        for id in self.members() {
+            if let Some(code) = self.cluster.wait_exit(id, Duration::ZERO) {
+                self.recorder.fault(
+                    "exited",
+                    vec![id],
+                    format!("exit status {code} (-1: killed by a signal), not by the nemesis: restarted; see its log"),
+                );
+                self.cluster.restart(id);
+            }
+        }
+    }
+
     /// Undo anything still in effect: resume paused nodes, start stopped ones (removed nodes
     /// stay stopped), mend every link.
     pub fn heal_all(&mut self) -> Result<(), NemesisError> {
+        self.restart_exited();
         for id in self.members() {
             if self.cluster.is_paused(id) {
                 self.cluster.resume(id);

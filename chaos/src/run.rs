@@ -379,6 +379,15 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
     drop(runtime);
 
     let history = recorder.snapshot();
+    for exit in history.faults.iter().filter(|f| f.action == "exited") {
+        notes.push(format!(
+            "node {:?} ended by itself {:.1} s into the run ({}): a crash, or a signal from \
+             outside the harness",
+            exit.nodes,
+            exit.at as f64 / 1e6,
+            exit.detail
+        ));
+    }
     let report = check(&history);
     Ok(RunResult {
         faults,
