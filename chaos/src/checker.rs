@@ -295,7 +295,7 @@ impl Report {
         if let Some(exited) = self.faults.get(EXITED_ACTION) {
             writeln!(
                 out,
-                "nodes that ended by themselves (crash or outside signal; restarted): {exited}"
+                "nodes that ended by themselves (crash or outside signal; restarted; the run fails): {exited}"
             )?;
         }
         if self.watchers > 0 {

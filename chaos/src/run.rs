@@ -171,9 +171,19 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// True when the history is free of anomalies and the cluster converged.
+    /// True when the history is free of anomalies, the cluster converged, and no node ended
+    /// by itself (a crash is a failure even when the others carried on).
     pub fn passed(&self) -> bool {
-        self.report.is_valid() && self.converged
+        self.report.is_valid() && self.converged && self.exited() == 0
+    }
+
+    /// Nodes whose process ended without the nemesis stopping it (each was restarted).
+    pub fn exited(&self) -> usize {
+        self.history
+            .faults
+            .iter()
+            .filter(|f| f.action == crate::checker::EXITED_ACTION)
+            .count()
     }
 
     /// Save the history and every node's full log next to each other: `<base>.jsonl` and
