@@ -209,8 +209,17 @@ pub struct Report {
     pub examples: Vec<Anomaly>,
 }
 
-/// Nemesis actions that inject a fault (the others, `restart`, `resume`, `heal`, undo one).
-pub const FAULT_ACTIONS: [&str; 3] = ["kill", "pause", "partition"];
+/// Nemesis actions that inject a fault or change the membership (each change counts: `add`,
+/// `promote` and `remove`). Of the others, `restart`, `resume` and `heal` undo a fault, and
+/// [`SKIP_ACTION`] records a step that could not be carried out.
+pub const FAULT_ACTIONS: [&str; 7] = ["kill", "pause", "partition", "wipe", "add", "promote", "remove"];
+
+/// The nemesis action recording a step it skipped, with the reason in its detail.
+pub const SKIP_ACTION: &str = "skip";
+
+/// The nemesis action recording a node whose process ended without the nemesis stopping it
+/// (it was restarted).
+pub const EXITED_ACTION: &str = "exited";
 
 /// How many examples of each anomaly class a report keeps.
 pub const EXAMPLES_PER_KIND: usize = 5;
@@ -267,6 +276,7 @@ impl Report {
         let (injected, undone): (Vec<_>, Vec<_>) = self
             .faults
             .iter()
+            .filter(|(action, _)| ![SKIP_ACTION, EXITED_ACTION].contains(&action.as_str()))
             .partition(|(action, _)| FAULT_ACTIONS.contains(&action.as_str()));
         let list = |actions: &[(&String, &usize)]| {
             let total: usize = actions.iter().map(|(_, n)| **n).sum();
@@ -279,6 +289,15 @@ impl Report {
             list(&injected),
             list(&undone)
         )?;
+        if let Some(skipped) = self.faults.get(SKIP_ACTION) {
+            writeln!(out, "fault steps skipped (the history says why): {skipped}")?;
+        }
+        if let Some(exited) = self.faults.get(EXITED_ACTION) {
+            writeln!(
+                out,
+                "nodes that ended by themselves (crash or outside signal; restarted; the run fails): {exited}"
+            )?;
+        }
         if self.watchers > 0 {
             writeln!(
                 out,

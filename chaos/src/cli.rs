@@ -31,7 +31,12 @@ pub struct Cli {
     /// Number of keys.
     #[arg(long, default_value_t = 4)]
     pub keys: usize,
-    /// Fault kinds, comma-separated: kill, pause, partition; or "none".
+    /// Fault kinds, comma-separated, or "none". kill: kill -9 a node (often the leader) and
+    /// restart it; pause: SIGSTOP and SIGCONT; partition: cut peer traffic (root only); wipe:
+    /// kill -9 a follower, delete its data directory and restart it empty under its old id (it
+    /// must be re-admitted as a learner and promoted back by itself); member: membership
+    /// changes, alternately adding a spare node with `kvnode --join` and promoting it once it
+    /// has caught up, and removing a voter (sometimes the leader) and stopping it for good.
     #[arg(long, default_value = "kill,pause,partition")]
     pub faults: String,
     /// Write the history (JSON lines) to this file.

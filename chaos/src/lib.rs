@@ -5,7 +5,8 @@
 //!
 //! - [`netns`]: as root, one network namespace per node, so partitions cut real peer traffic.
 //! - [`nemesis`]: a seeded schedule of faults (kill -9 and restart, SIGSTOP/SIGCONT,
-//!   partitions) and the executor that applies it and records every action.
+//!   partitions, wiping a follower's data, adding and removing members) and the executor that
+//!   applies it and records every action.
 //! - [`workload`]: concurrent clients appending unique values and reading them back, through
 //!   kvctl's client (via the leader) or one bare attempt at a random node.
 //! - [`watchers`]: kvctl's watcher following the keys through every fault, recording each

@@ -5,16 +5,22 @@
 //!
 //! 1. **Setup.** As root and with partitions enabled, every node gets its own network
 //!    namespace ([`crate::netns`]); otherwise nodes run on loopback and partitions are dropped
-//!    from the run with a note saying so. The nodes are real `kvnode` processes started by
-//!    [`testkit`], with short election timeouts so that a 25 s run sees many elections.
+//!    from the run with a note saying so. With membership faults one namespace more is made for
+//!    the spare node, so that a node that joined can be partitioned like any other. The nodes
+//!    are real `kvnode` processes started by [`testkit`], with short election timeouts so that
+//!    a 25 s run sees many elections.
 //! 2. **Faulty phase.** The clients ([`crate::workload`]) run on a tokio runtime while the
 //!    nemesis ([`crate::nemesis`]) works through its seeded schedule on its own thread; both stop
 //!    when the duration is up.
 //! 3. **Heal and converge.** Every fault is undone, then the harness polls (with a deadline)
-//!    until every node answers, all agree on one leader and term, and all have applied the same
-//!    index. A cluster that does not converge is a liveness failure and reported as such.
+//!    until every member answers, all agree on one leader and term, all have applied the same
+//!    index, and no wiped node still waits to be promoted back. A cluster that does not
+//!    converge is a liveness failure and reported as such.
 //! 4. **Final reads.** Each key is read linearizably through kvctl's client, then from every
-//!    replica's own copy, and all of it is appended to the history.
+//!    replica's own copy, and all of it is appended to the history. Both go to the members as
+//!    they are now (nodes removed by the membership nemesis are gone, spares it added are
+//!    in); the clients of the faulty phase kept the cluster file of the start, which always
+//!    names a majority of live members.
 //! 5. **Watchers finish.** Watchers ([`crate::watchers`]) have streamed the changes since
 //!    before the first write, through every fault; they now run until they have covered the
 //!    index the converged cluster applied.
@@ -79,7 +85,8 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// A run of `duration` on `nodes` nodes with `clients` clients, four keys, every fault kind.
+    /// A run of `duration` on `nodes` nodes with `clients` clients, four keys, and the default
+    /// fault kinds (kill, pause, partition).
     pub fn new(seed: u64, nodes: usize, clients: usize, duration: Duration) -> Self {
         RunConfig {
             seed,
@@ -87,7 +94,7 @@ impl RunConfig {
             clients,
             keys: 4,
             duration,
-            faults: FaultKind::ALL.into_iter().collect(),
+            faults: FaultKind::DEFAULT.into_iter().collect(),
             pace: Pace::default(),
             node_args: DEFAULT_NODE_ARGS.iter().map(|s| s.to_string()).collect(),
             converge_timeout: Duration::from_secs(60),
@@ -170,9 +177,19 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// True when the history is free of anomalies and the cluster converged.
+    /// True when the history is free of anomalies, the cluster converged, and no node ended
+    /// by itself (a crash is a failure even when the others carried on).
     pub fn passed(&self) -> bool {
-        self.report.is_valid() && self.converged
+        self.report.is_valid() && self.converged && self.exited() == 0
+    }
+
+    /// Nodes whose process ended without the nemesis stopping it (each was restarted).
+    pub fn exited(&self) -> usize {
+        self.history
+            .faults
+            .iter()
+            .filter(|f| f.action == crate::checker::EXITED_ACTION)
+            .count()
     }
 
     /// Save the history and every node's full log next to each other: `<base>.jsonl` and
@@ -241,8 +258,11 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
         faults.remove(&FaultKind::Partition);
         notes.push("not running as root or no iproute2 `ip`: network partitions need namespaces and are skipped; kill and pause faults still run".into());
     }
+    // A membership nemesis adds at most one spare at a time, and a removed node's namespace
+    // goes to the next spare: one namespace more is enough.
+    let spares = usize::from(faults.contains(&FaultKind::Member));
     let mut net = if faults.contains(&FaultKind::Partition) {
-        Some(Netns::create(config.nodes)?)
+        Some(Netns::create(config.nodes + spares)?)
     } else {
         None
     };
@@ -257,6 +277,7 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
             let layout: Vec<NodeLayout> = net
                 .nodes()
                 .iter()
+                .take(config.nodes)
                 .enumerate()
                 .map(|(i, n)| NodeLayout {
                     http: format!("{}:8080", n.addr),
@@ -363,14 +384,33 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
     touched.sort_unstable();
     touched.dedup();
     let keys = touched;
-    runtime.block_on(final_reads_with(&endpoints, &keys, &recorder, &security))?;
+    // The final reads go to the members now: a membership nemesis may have removed some of
+    // the nodes the run started with and added others.
+    let members: Vec<NodeEndpoint> = cluster
+        .members()
+        .into_iter()
+        .map(|id| NodeEndpoint {
+            id,
+            http: cluster.http_addr(id),
+        })
+        .collect();
+    runtime.block_on(final_reads_with(&members, &keys, &recorder, &security))?;
     if converged && converge(&cluster, config.converge_timeout) {
-        runtime.block_on(replica_reads_with(&endpoints, &keys, &recorder, &security))?;
+        runtime.block_on(replica_reads_with(&members, &keys, &recorder, &security))?;
     }
     finish_watchers(&cluster, &runtime, watchers, &finish, &recorder, converged);
     drop(runtime);
 
     let history = recorder.snapshot();
+    for exit in history.faults.iter().filter(|f| f.action == "exited") {
+        notes.push(format!(
+            "node {:?} ended by itself {:.1} s into the run ({}): a crash, or a signal from \
+             outside the harness",
+            exit.nodes,
+            exit.at as f64 / 1e6,
+            exit.detail
+        ));
+    }
     let report = check(&history);
     Ok(RunResult {
         faults,
@@ -443,12 +483,14 @@ fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Wait until every node answers, all follow one leader in one term, and all have applied the
-/// same index. False when that does not happen within `timeout`.
+/// Wait until every member (removed nodes aside) answers, all follow one leader in one term,
+/// all have applied the same index, and the membership is settled: no change half done, no
+/// node that lost its data still waiting to be promoted back. False when that does not happen
+/// within `timeout`.
 pub fn converge(cluster: &Cluster, timeout: Duration) -> bool {
     poll(timeout, || {
         let statuses: Vec<kvapi::Status> = cluster
-            .ids()
+            .members()
             .into_iter()
             .map(|id| cluster.status(id))
             .collect::<Option<_>>()?;
@@ -460,7 +502,11 @@ pub fn converge(cluster: &Cluster, timeout: Duration) -> bool {
                 && s.last_applied.is_some()
                 && s.last_applied == first.last_applied
         });
-        same.then_some(())
+        if !same {
+            return None;
+        }
+        let m = cluster.members_of(leader)?;
+        (!m.joint && m.members.iter().all(|x| !x.promote_when_caught_up)).then_some(())
     })
     .is_some()
 }

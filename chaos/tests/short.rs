@@ -1,4 +1,4 @@
-//! The short fault-injection runs that are part of `cargo test`: about a minute in total.
+//! The short fault-injection runs that are part of `cargo test`: about two minutes in total.
 //!
 //! Each run starts a fresh cluster of real `kvnode` processes, drives concurrent clients
 //! against it while the nemesis kills, pauses and (as root) partitions nodes on a seeded
@@ -16,6 +16,10 @@
 //!
 //! The three-node run is secured (TLS and tokens, see `RunConfig::secure`); the five-node run
 //! is plain, so both kinds of cluster are covered without a third run.
+//! One run adds the membership nemesis to kills and pauses (and, as root, partitions): a
+//! follower wiped and restarted empty, a spare node joined and promoted, a voter removed. It
+//! picks, from the seed on, the first seed whose schedule does all three early, and fails
+//! unless each really happened.
 //!
 //! The last test is the harness checking itself: the same machinery with stale reads switched
 //! on must report anomalies, so a run that passes is not passing because it cannot fail.
@@ -24,7 +28,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chaos::nemesis::FaultKind;
+use chaos::nemesis::{schedule, Fault, FaultKind, MemberChange};
 use chaos::{AnomalyKind, RunConfig, RunResult};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -106,6 +110,77 @@ fn three_nodes_with_tls_and_tokens_survive_kills_pauses_and_partitions() {
 #[test]
 fn five_nodes_survive_kills_pauses_and_partitions() {
     check_clean_run(5, 8, false);
+}
+
+/// The first seed from `from` on whose schedule wipes a node, grows and shrinks the cluster
+/// within the first `within` (planned time; membership steps take longer than planned).
+fn seed_covering_membership(from: u64, config: &RunConfig, within: Duration) -> u64 {
+    (from..)
+        .find(|&seed| {
+            let mut planned = Duration::ZERO;
+            let (mut wipe, mut grow, mut shrink) = (false, false, false);
+            for step in schedule(seed, &config.faults, config.nodes, config.duration, config.pace) {
+                planned += step.gap + step.hold;
+                if planned > within {
+                    break;
+                }
+                match step.fault {
+                    Fault::Wipe(_) => wipe = true,
+                    Fault::Member(MemberChange::Grow) => grow = true,
+                    Fault::Member(MemberChange::Shrink { .. }) => shrink = true,
+                    _ => {}
+                }
+            }
+            wipe && grow && shrink
+        })
+        .expect("some seed covers every kind")
+}
+
+#[test]
+fn three_nodes_survive_wipes_and_membership_changes_among_kills_and_pauses() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut config = RunConfig::new(0, 3, 6, Duration::from_secs(25));
+    config.faults = BTreeSet::from([
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Wipe,
+        FaultKind::Member,
+    ]);
+    // The run drops partitions when it cannot make namespaces: search the schedule it will use.
+    if chaos::netns::can_make_namespaces() {
+        config.faults.insert(FaultKind::Partition);
+    }
+    config.seed = seed_covering_membership(seed(), &config, Duration::from_secs(12));
+    let (result, summary) = run(&config);
+    for f in &result.history.faults {
+        eprintln!(
+            "{:>8.3}s {} {:?} {}",
+            f.at as f64 / 1e6,
+            f.action,
+            f.nodes,
+            f.detail
+        );
+    }
+    assert!(
+        result.passed(),
+        "seed {}: anomalies found\n{summary}",
+        config.seed
+    );
+    let done = |action: &str| result.report.faults.get(action).copied().unwrap_or(0);
+    for action in ["wipe", "add", "promote", "remove"] {
+        assert!(
+            done(action) >= 1,
+            "no {action} was carried out (skipped steps say why in the history):\n{summary}"
+        );
+    }
+    assert!(
+        result.report.appends.ok >= 100,
+        "too few acknowledged appends:\n{summary}"
+    );
+    assert!(
+        result.report.reads.ok >= 100,
+        "too few successful reads:\n{summary}"
+    );
 }
 
 #[test]
