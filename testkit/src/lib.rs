@@ -43,6 +43,26 @@ pub fn kvnode_bin() -> PathBuf {
             .expect("test executable lives in target/<profile>/deps");
         let mut build = Command::new(env!("CARGO"));
         build.args(["build", "--quiet", "-p", "kvnode", "--bin", "kvnode"]);
+        // `cargo test` gives the test process the variables of the package under test
+        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Passed on, they make build scripts that
+        // watch them (ring's) run again, and kvnode is rebuilt from there: half a minute for
+        // every test binary. The nested build must see the environment a shell would.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_for_tests = name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&name.as_ref());
+            if set_for_tests {
+                build.env_remove(name.as_ref());
+            }
+        }
         if profile_dir.file_name().is_some_and(|name| name == "release") {
             build.arg("--release");
         }
