@@ -233,9 +233,9 @@ fn refusals_name_the_node_and_the_cause_at_once_and_never_show_the_token() {
     assert_ne!(plain.code, 0, "{plain:?}");
 }
 
-#[test]
-fn an_expired_certificate_is_called_expired() {
-    // A node serving a certificate that expired yesterday, signed by a CA kvctl trusts.
+/// What kvctl says to a node serving a certificate for `names`, valid from `from` to `to`
+/// (years), signed by a CA kvctl trusts.
+fn kvctl_against_a_node_serving(names: &[&str], from: i32, to: i32) -> Run {
     let dir = tempfile::tempdir().expect("dir");
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -243,9 +243,10 @@ fn an_expired_certificate_is_called_expired() {
     let ca_cert = ca.self_signed(&ca_key).expect("ca");
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().expect("key");
-    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-    leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf = rcgen::CertificateParams::new(names).expect("params");
+    leaf.not_before = rcgen::date_time_ymd(from, 1, 1);
+    leaf.not_after = rcgen::date_time_ymd(to, 1, 1);
     let cert = leaf.signed_by(&key, &issuer).expect("leaf");
     let write = |name: &str, text: String| {
         let path = dir.path().join(name);
@@ -274,7 +275,7 @@ fn an_expired_certificate_is_called_expired() {
     poll(Duration::from_secs(30), "the node to listen", || {
         std::net::TcpStream::connect(&http).ok().map(|_| ())
     });
-    let run = kvctl(
+    kvctl(
         &[
             "--endpoints",
             &format!("https://{http}"),
@@ -285,9 +286,25 @@ fn an_expired_certificate_is_called_expired() {
         ],
         &[],
         "",
-    );
+    )
+}
+
+#[test]
+fn an_expired_certificate_is_called_expired() {
+    let run = kvctl_against_a_node_serving(&["127.0.0.1"], 2020, 2021);
     assert_eq!(run.code, 5, "{run:?}");
     assert!(run.stderr.contains("expired"), "{run:?}");
+}
+
+#[test]
+fn a_certificate_for_another_name_is_called_a_name_mismatch() {
+    // Valid and signed by the trusted CA, but for another host than the one dialled.
+    let run = kvctl_against_a_node_serving(&["db.example"], 2020, 2100);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr.contains("name mismatch") && run.stderr.contains("does not name 127.0.0.1"),
+        "{run:?}"
+    );
 }
 
 fn path(p: &Path) -> &str {
