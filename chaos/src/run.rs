@@ -335,6 +335,7 @@ pub fn run(config: &RunConfig, progress: &mut dyn Write) -> Result<RunResult, Ru
             runtime.spawn(watchers::run(
                 spec,
                 endpoints.clone(),
+                security.clone(),
                 recorder.clone(),
                 finish.clone(),
             ))

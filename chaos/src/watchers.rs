@@ -83,7 +83,13 @@ pub fn specs(nodes: usize, keys: &[String]) -> Vec<WatcherSpec> {
 
 /// Run one watcher until it has covered the index `finish` names, recording into `recorder`.
 /// Never fails: a watcher that cannot go on records why in its `End`.
-pub async fn run(spec: WatcherSpec, nodes: Vec<NodeEndpoint>, recorder: Recorder, finish: Arc<Finish>) {
+pub async fn run(
+    spec: WatcherSpec,
+    nodes: Vec<NodeEndpoint>,
+    security: kvctl::security::Security,
+    recorder: Recorder,
+    finish: Arc<Finish>,
+) {
     let (key, prefix) = match &spec.target {
         WatchTarget::Key(k) => (Some(k.clone()), None),
         WatchTarget::Prefix(p) => (None, Some(p.clone())),
@@ -108,6 +114,7 @@ pub async fn run(spec: WatcherSpec, nodes: Vec<NodeEndpoint>, recorder: Recorder
     config.heartbeat = HEARTBEAT;
     config.reconnect_timeout = RECONNECT_TIMEOUT;
     config.first_node = spec.first_node;
+    config.security = security;
     let end = |covered, error: Option<String>| Seen::End {
         covered,
         target: finish.target().unwrap_or(0),

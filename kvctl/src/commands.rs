@@ -103,6 +103,7 @@ pub async fn execute(client: &Client, config: Config, pretty: bool) -> anyhow::R
             let mut watch_config = WatchConfig::new(config.endpoints.clone(), target);
             watch_config.after = after;
             watch_config.reconnect_timeout = config.timeout;
+            watch_config.security = config.security.clone();
             follow(watch_config, count, style).await?;
         }
         Action::Get { key } => {

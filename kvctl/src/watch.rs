@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 use kvapi::watch::{ERROR_EVENT, HEARTBEAT_EVENT};
 use kvapi::{ErrorBody, ErrorCode, LogIndex, WatchEvent, WatchProgress};
 
-use crate::endpoint::{base_url, encode_component, Endpoint};
+use crate::endpoint::{encode_component, Endpoint};
 use crate::error::{format_duration, ClientError};
 use crate::retry::RetryPolicy;
+use crate::security::Security;
 
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub struct WatchConfig {
     pub reconnect_timeout: Duration,
     /// Which endpoint to try first (an index into `endpoints`, wrapped).
     pub first_node: usize,
+    /// TLS and the token, as for every other request.
+    pub security: Security,
 }
 
 impl WatchConfig {
@@ -75,6 +78,7 @@ impl WatchConfig {
             heartbeat: Duration::from_secs(2),
             reconnect_timeout: Duration::from_secs(10),
             first_node: 0,
+            security: Security::default(),
         }
     }
 }
@@ -297,10 +301,19 @@ impl Watcher {
         if config.endpoints.is_empty() {
             return Err(ClientError::Other("no endpoints to connect to".into()));
         }
-        let http = reqwest::Client::builder()
+        crate::security::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(tls) = config
+            .security
+            .tls_config()
+            .map_err(|e| ClientError::Other(e.to_string()))?
+        {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Other(format!("cannot set up HTTP: {e}")))?;
         let node = config.first_node % config.endpoints.len();
@@ -484,8 +497,8 @@ impl Watcher {
             WatchTarget::Prefix(p) => ("prefix", p),
         };
         let mut url = format!(
-            "{}/watch?{name}={}&heartbeat_ms={}",
-            base_url(address),
+            "{}://{address}/watch?{name}={}&heartbeat_ms={}",
+            self.config.security.scheme(),
             encode_component(value),
             self.config.heartbeat.as_millis()
         );
@@ -493,7 +506,11 @@ impl Watcher {
             url.push_str(&format!("&after={after}"));
         }
         let limit = self.config.heartbeat * 3 + Duration::from_millis(500);
-        let response = match tokio::time::timeout(limit, self.http.get(url).send()).await {
+        let mut request = self.http.get(url);
+        if let Some(token) = &self.config.security.token {
+            request = request.header(reqwest::header::AUTHORIZATION, token.header_value());
+        }
+        let response = match tokio::time::timeout(limit, request.send()).await {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => return Err(Refusal::Next(root_cause(&e))),
             Err(_) => return Err(Refusal::Next("no answer".into())),
@@ -515,7 +532,13 @@ impl Watcher {
                 ..
             } => Refusal::Compacted(message),
             crate::transport::Failure::Answered {
-                code: Some(code @ (ErrorCode::InvalidRequest | ErrorCode::InvalidJson)),
+                code:
+                    Some(
+                        code @ (ErrorCode::InvalidRequest
+                        | ErrorCode::InvalidJson
+                        | ErrorCode::Unauthenticated
+                        | ErrorCode::Forbidden),
+                    ),
                 message,
                 ..
             } => Refusal::Fatal(ClientError::Rejected { code, message }),

@@ -85,6 +85,14 @@ fn the_whole_kvctl_flow_over_tls_with_client_certificates_and_a_token() {
     let status = ok(cl(&["status"]));
     assert!(status.contains("Quorum: yes (3 of 3 voters answer"), "{status}");
     assert!(ok(cl(&["leader"])).contains("leads (term"));
+    // A watch speaks TLS and sends the token like every other command: the two changes
+    // since the beginning, then it stops.
+    let watched = ok(cl(&["-o", "json", "watch", "a", "--after", "0", "--count", "2"]));
+    let kinds: Vec<String> = watched
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["kind"].to_string())
+        .collect();
+    assert_eq!(kinds, [r#""put""#, r#""append""#], "{watched}");
     assert!(ok(cl(&["delete", "a"])).starts_with("OK (index "));
     let bench = cl(&[
         "bench",
