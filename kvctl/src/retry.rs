@@ -265,6 +265,7 @@ mod tests {
                     | ErrorCode::NoQuorum
                     | ErrorCode::ShuttingDown
                     | ErrorCode::OutcomeUnknown
+                    | ErrorCode::Overloaded
             );
             let verdict = judge(&answered(code.http_status(), Some(code)), true);
             assert_eq!(verdict != Verdict::Fail, retried, "{code:?}: {verdict:?}");

@@ -174,8 +174,17 @@ fn bad_input_gives_a_clear_error_and_the_documented_exit_code() {
     let line = run(&["--endpoints", "127.0.0.1:1", "-o", "xml", "get", "k"]).fails(2);
     assert!(line.contains("xml"), "{line}");
 
-    let line = run(&["--endpoints", "https://127.0.0.1:1", "get", "k"]).fails(2);
-    assert!(line.contains("https is not supported"), "{line}");
+    // https:// is spoken, but a CA file that cannot be read is a usage error, said at once.
+    let line = run(&[
+        "--endpoints",
+        "https://127.0.0.1:1",
+        "--cacert",
+        "/nonexistent/ca.pem",
+        "get",
+        "k",
+    ])
+    .fails(2);
+    assert!(line.contains("--cacert /nonexistent/ca.pem"), "{line}");
 
     let line = run_with_stdin(&["--endpoints", "127.0.0.1:1", "put", "k", "-"], "").fails(2);
     assert!(line.contains("standard input is empty"), "{line}");
