@@ -96,9 +96,10 @@ fn idempotency_keys_are_fresh_uuids_that_carry_their_creation_time() {
     assert_eq!(idempotency_key_created("chaos-c1-7"), None);
 }
 
-/// A UUIDv7 key created `age` ago.
-fn key_aged(age: Duration) -> String {
-    let created = SystemTime::now() - age;
+/// A UUIDv7 key created `age` before `now`. Measured from the caller's own `now`, so that the
+/// clock moving on between the two calls cannot make the key look younger than `age`.
+fn key_aged(age: Duration, now: SystemTime) -> String {
+    let created = now - age;
     let since = created.duration_since(UNIX_EPOCH).expect("after 1970");
     let ts = uuid::Timestamp::from_unix(uuid::NoContext, since.as_secs(), since.subsec_nanos());
     uuid::Uuid::new_v7(ts).to_string()
@@ -110,13 +111,13 @@ fn a_write_is_retried_only_inside_the_cluster_s_memory_of_its_key() {
     let now = SystemTime::now();
     let fresh = write_window_left(&new_idempotency_key(), now);
     assert!(fresh <= WRITE_WINDOW && fresh > WRITE_WINDOW - Duration::from_secs(1));
-    let aged = write_window_left(&key_aged(Duration::from_secs(500)), now);
+    let aged = write_window_left(&key_aged(Duration::from_secs(500), now), now);
     assert!(
         aged <= Duration::from_secs(40) && aged > Duration::from_secs(38),
         "{aged:?}"
     );
     assert_eq!(
-        write_window_left(&key_aged(Duration::from_secs(540)), now),
+        write_window_left(&key_aged(Duration::from_secs(540), now), now),
         Duration::ZERO
     );
     assert_eq!(
@@ -132,7 +133,7 @@ fn a_write_is_retried_only_inside_the_cluster_s_memory_of_its_key() {
 async fn a_write_with_a_key_too_old_is_not_resent() {
     let endpoint = Endpoint::parse("127.0.0.1:1").expect("endpoint");
     let client = Client::new(ClientConfig::new(vec![endpoint])).expect("client");
-    let old = key_aged(Duration::from_secs(11 * 60));
+    let old = key_aged(Duration::from_secs(11 * 60), SystemTime::now());
     let started = Instant::now();
     let err = client
         .write("k", WriteKind::Append, Value::from(1), &old)
