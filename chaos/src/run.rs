@@ -530,7 +530,7 @@ fn security_of(cluster: &Cluster) -> Result<Security, RunError> {
         None => None,
     };
     Ok(Security {
-        https: cluster.secure().tls,
+        https: cluster.client_port_tls(),
         cacert: cluster.certs_dir().map(|d| d.join("ca.pem")),
         cert: None,
         key: None,

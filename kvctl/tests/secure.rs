@@ -66,6 +66,7 @@ fn the_whole_kvctl_flow_over_tls_with_client_certificates_and_a_token() {
             tls: true,
             client_certs: true,
             tokens: true,
+            plain_client_port: false,
         },
     );
     let file = c.cluster_file().to_str().expect("utf-8").to_string();

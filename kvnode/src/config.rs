@@ -240,7 +240,10 @@ impl NodeConfig {
             ));
         }
         for a in join {
-            check_host_port(a).map_err(|e| ConfigError(format!("--join address {a:?} {e}")))?;
+            let bare = join_scheme(a)
+                .map_err(|e| ConfigError(format!("--join address {a:?} {e}")))?
+                .1;
+            check_host_port(bare).map_err(|e| ConfigError(format!("--join address {a:?} {e}")))?;
         }
         let mut config = Self::with_defaults(id, http.to_string(), raft.to_string(), Vec::new());
         config.join = join.to_vec();
@@ -317,6 +320,15 @@ impl NodeConfig {
                     .into(),
             ));
         }
+        if self.peer_tls.is_none() {
+            if let Some(a) = self.join.iter().find(|a| a.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "--join address {a:?} speaks TLS, but this node has no CA to check it with: give \
+                     --peer-cert-file, --peer-key-file and --peer-ca-file (the cluster's peer \
+                     certificates), or an http:// address"
+                )));
+            }
+        }
         if self.max_client_requests == 0 {
             return Err(ConfigError("--max-client-requests must be positive".into()));
         }
@@ -347,6 +359,23 @@ pub fn fingerprint(members: &[(NodeId, String)]) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     format!("{h:016x}")
+}
+
+/// Split a `--join` address into whether it names its scheme (`Some(true)`: `https://`,
+/// `Some(false)`: `http://`, `None`: a bare `host:port`) and the `host:port` after it.
+pub fn join_scheme(addr: &str) -> Result<(Option<bool>, &str), String> {
+    if let Some(rest) = addr.strip_prefix("https://") {
+        return Ok((Some(true), rest));
+    }
+    if let Some(rest) = addr.strip_prefix("http://") {
+        return Ok((Some(false), rest));
+    }
+    match addr.split_once("://") {
+        Some((scheme, _)) => Err(format!(
+            "has scheme {scheme:?}; give http://, https:// or a bare host:port"
+        )),
+        None => Ok((None, addr)),
+    }
 }
 
 #[cfg(test)]
@@ -408,5 +437,22 @@ mod tests {
         assert!(NodeConfig::for_join(3, "h:1", "h:1", &["h:8080".into()]).is_err());
         assert!(NodeConfig::for_join(3, "h:1", "h:2", &[]).is_err());
         assert!(NodeConfig::for_join(3, "nope", "h:2", &["h:8080".into()]).is_err());
+        let schemes = NodeConfig::for_join(
+            3,
+            "h:1",
+            "h:2",
+            &["http://h:8080".into(), "https://g:8081".into()],
+        )
+        .expect("addresses may say which scheme they speak");
+        assert_eq!(schemes.join, ["http://h:8080", "https://g:8081"]);
+        for bad in ["ftp://h:8080", "https://h", "http://:8080"] {
+            let e = NodeConfig::for_join(3, "h:1", "h:2", &[bad.into()]).expect_err(bad);
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        // https:// needs a CA to check the member with: the peer CA.
+        let e = schemes.validate().expect_err("https without peer TLS");
+        assert!(e.to_string().contains("--peer-ca-file"), "{e}");
+        let plain = NodeConfig::for_join(3, "h:1", "h:2", &["http://h:8080".into()]).expect("valid");
+        plain.validate().expect("http:// needs nothing");
     }
 }

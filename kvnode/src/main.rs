@@ -70,8 +70,9 @@ struct Cli {
     #[arg(long, value_name = "N")]
     id: Option<u64>,
 
-    /// Join a running cluster: client addresses (host:port) of any of its members,
-    /// comma-separated. The node is added as a learner and catches up.
+    /// Join a running cluster: client addresses of any of its members, comma-separated. The
+    /// node is added as a learner and catches up. A bare host:port is asked over HTTPS when
+    /// this node has peer certificates, else over HTTP; http:// or https:// says which.
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',', requires_all = ["id", "http", "raft"])]
     join: Vec<String>,
 

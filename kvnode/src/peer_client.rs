@@ -234,21 +234,23 @@ impl PeerClient {
             .cloned()
     }
 
-    /// GET a JSON document from another node's client API (`http://{addr}{path}`).
+    /// GET a JSON document from another node's client API at `addr`: `http://host:port`,
+    /// `https://host:port`, or a bare `host:port`, which is reached over HTTPS when this node's
+    /// peer port speaks mutual TLS and over plain HTTP otherwise.
     pub async fn get_client_api<T: DeserializeOwned>(
         &self,
         addr: &str,
         path: &str,
         timeout: Duration,
     ) -> Result<T, PeerError> {
-        // Under TLS another node's client port is reached over HTTPS, presenting this node's
-        // peer certificate and trusting the peer CA (`kvnode certs` signs both kinds with one
-        // CA).
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut request = self
-            .client_api
-            .get(format!("{scheme}://{addr}{path}"))
-            .timeout(timeout);
+        // Over HTTPS this node presents its peer certificate and trusts the peer CA
+        // (`kvnode certs` signs both kinds with one CA).
+        let url = match crate::config::join_scheme(addr) {
+            Ok((Some(_), _)) => format!("{addr}{path}"),
+            _ if self.tls.is_some() => format!("https://{addr}{path}"),
+            _ => format!("http://{addr}{path}"),
+        };
+        let mut request = self.client_api.get(url).timeout(timeout);
         let token = self
             .shared
             .client_api_token

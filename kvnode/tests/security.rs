@@ -1121,3 +1121,35 @@ fn a_secured_cluster_admits_a_node_with_certificates_from_its_ca() {
     assert_eq!(c.put(3, "k", json!("after")).expect("answer").status, 200);
     assert_eq!(c.get(2, "k").expect("answer"), Some(json!("after")));
 }
+
+/// Mutual TLS between the nodes and plain HTTP for clients is a setup of its own: a node that
+/// joins such a cluster asks a member's client port over plain HTTP when its address says
+/// `http://` (a bare address would mean HTTPS to a node with peer certificates), then speaks
+/// mutual TLS with the others.
+#[test]
+fn a_node_joins_a_cluster_whose_peers_alone_speak_tls() {
+    let mut c = Cluster::start_secure(
+        3,
+        &[],
+        Secure {
+            tls: true,
+            plain_client_port: true,
+            ..Secure::default()
+        },
+    );
+    assert!(c.url(0).starts_with("http://"), "{}", c.url(0));
+    assert_eq!(c.put(0, "k", json!("before")).expect("answer").status, 200);
+    c.join(3, &[0]);
+    c.wait_for_members(0, &[0, 1, 2], &[3], Duration::from_secs(30));
+    poll(Duration::from_secs(30), "node 3 to be promoted", || {
+        let r = c.request(1, "POST", "/admin/members/3/promote", None, &[])?;
+        (r.status == 200).then_some(())
+    });
+    c.wait_for_members(0, &[0, 1, 2, 3], &[], Duration::from_secs(30));
+    poll(Duration::from_secs(20), "node 3 to hold the data", || {
+        let r = c.request(3, "GET", "/keys/k?consistency=stale", None, &[])?;
+        (r.json["value"] == json!("before")).then_some(())
+    });
+    assert_eq!(c.put(3, "k", json!("after")).expect("answer").status, 200);
+    assert_eq!(c.get(2, "k").expect("answer"), Some(json!("after")));
+}

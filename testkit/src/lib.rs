@@ -115,6 +115,8 @@ pub struct Secure {
     pub client_certs: bool,
     /// An auth file with one token per role; the cluster file names the admin token's file.
     pub tokens: bool,
+    /// With `tls`: only the peer ports speak (mutual) TLS; the client ports speak plain HTTP.
+    pub plain_client_port: bool,
 }
 
 impl Secure {
@@ -124,6 +126,7 @@ impl Secure {
             tls: true,
             client_certs: false,
             tokens: true,
+            plain_client_port: false,
         }
     }
 }
@@ -412,7 +415,14 @@ impl Cluster {
             self.nodes.iter().all(|n| n.id != id),
             "node id {id} is taken in this test cluster"
         );
-        let join = via.iter().map(|v| self.http_addr(*v)).collect();
+        // A bare address means HTTPS to a node with peer certificates: say when it is not.
+        let join = via
+            .iter()
+            .map(|v| match self.secure.tls && self.secure.plain_client_port {
+                true => format!("http://{}", self.http_addr(*v)),
+                false => self.http_addr(*v),
+            })
+            .collect();
         let own = self.joining_security(id, &layout.http, &layout.raft);
         let node = NodeProc {
             id,
@@ -458,19 +468,23 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
             let file = |name: String| certs.join(name).display().to_string();
+            if self.client_port_tls() {
+                args.extend([
+                    "--cert-file".to_string(),
+                    file(format!("node{id}.pem")),
+                    "--key-file".into(),
+                    file(format!("node{id}.key")),
+                ]);
+            }
             args.extend([
-                "--cert-file".to_string(),
-                file(format!("node{id}.pem")),
-                "--key-file".into(),
-                file(format!("node{id}.key")),
-                "--peer-cert-file".into(),
+                "--peer-cert-file".to_string(),
                 file(format!("node{id}-peer.pem")),
                 "--peer-key-file".into(),
                 file(format!("node{id}-peer.key")),
                 "--peer-ca-file".into(),
                 file("ca.pem".into()),
             ]);
-            if self.secure.client_certs {
+            if self.secure.client_certs && self.client_port_tls() {
                 args.extend(["--client-ca-file".to_string(), file("ca.pem".into())]);
             }
         }
@@ -603,8 +617,13 @@ impl Cluster {
 
     /// A node's base URL.
     pub fn url(&self, id: NodeId) -> String {
-        let scheme = if self.secure.tls { "https" } else { "http" };
+        let scheme = if self.client_port_tls() { "https" } else { "http" };
         format!("{scheme}://{}", self.http_addr(id))
+    }
+
+    /// Whether the client ports speak TLS.
+    pub fn client_port_tls(&self) -> bool {
+        self.secure.tls && !self.secure.plain_client_port
     }
 
     /// How the cluster is secured.
@@ -954,6 +973,13 @@ fn secure_files(
         );
         *cluster_path = certs.join("cluster.toml");
         file = ClusterFile::load(cluster_path).expect("the cluster file kvnode certs wrote");
+        if secure.plain_client_port {
+            file.client_tls = false;
+            if let Some(tls) = file.tls.as_mut() {
+                tls.cert = None;
+                tls.key = None;
+            }
+        }
         if secure.client_certs {
             if let Some(tls) = file.tls.as_mut() {
                 tls.client_ca = Some(certs.join("ca.pem"));
