@@ -45,14 +45,7 @@ use crate::workload::{self, NodeEndpoint, WorkloadConfig, WorkloadError};
 
 /// Election timing used unless the caller overrides it: fast elections make every fault
 /// visible within a short run.
-pub const DEFAULT_NODE_ARGS: &[&str] = &[
-    "--heartbeat-ms",
-    "50",
-    "--election-min-ms",
-    "300",
-    "--election-max-ms",
-    "600",
-];
+pub const DEFAULT_NODE_ARGS: &[&str] = testkit::FAST_ELECTIONS;
 
 /// Everything a run needs; the same config and seed replay the same workload choices and fault
 /// schedule.

@@ -12,14 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use testkit::{poll, Cluster};
 
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "50",
-    "--election-min-ms",
-    "300",
-    "--election-max-ms",
-    "600",
-];
+const FAST: &[&str] = testkit::FAST_ELECTIONS;
 
 fn kvctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvctl"))

@@ -8,17 +8,10 @@ use std::time::Duration;
 use serde_json::json;
 use testkit::{poll, ChildGuard, Cluster};
 
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "50",
-    "--election-min-ms",
-    "300",
-    "--election-max-ms",
-    "600",
-];
+const FAST: &[&str] = testkit::FAST_ELECTIONS;
 
 fn code(r: &testkit::Reply) -> &str {
-    r.json["error"]["code"].as_str().unwrap_or("<no error code>")
+    r.error_code()
 }
 
 #[test]

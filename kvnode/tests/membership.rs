@@ -13,17 +13,10 @@ use kvapi::{MemberRole, MembersResponse, Role};
 use serde_json::json;
 use testkit::{poll, Cluster};
 
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "50",
-    "--election-min-ms",
-    "300",
-    "--election-max-ms",
-    "600",
-];
+const FAST: &[&str] = testkit::FAST_ELECTIONS;
 
 fn code(r: &testkit::Reply) -> &str {
-    r.json["error"]["code"].as_str().unwrap_or("<no error code>")
+    r.error_code()
 }
 
 fn members(c: &Cluster, via: u64) -> MembersResponse {

@@ -10,14 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use testkit::{poll, Cluster};
 
-const FAST: &[&str] = &[
-    "--heartbeat-ms",
-    "50",
-    "--election-min-ms",
-    "300",
-    "--election-max-ms",
-    "600",
-];
+const FAST: &[&str] = testkit::FAST_ELECTIONS;
 
 /// GET `path` on node `id`: status, headers and the body as text.
 fn get_text(c: &Cluster, id: u64, path: &str) -> (u16, reqwest::header::HeaderMap, String) {

@@ -106,6 +106,17 @@ pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// Election timing for tests: a 50 ms heartbeat and elections after 300-600 ms of silence, so
+/// that a dead leader is replaced within a second.
+pub const FAST_ELECTIONS: &[&str] = &[
+    "--heartbeat-ms",
+    "50",
+    "--election-min-ms",
+    "300",
+    "--election-max-ms",
+    "600",
+];
+
 /// How a test cluster is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Secure {
@@ -257,6 +268,13 @@ pub struct Reply {
     pub headers: reqwest::header::HeaderMap,
 }
 
+impl Reply {
+    /// The machine-readable code of an error answer (`error.code`), or `<no error code>`.
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("<no error code>")
+    }
+}
+
 impl Cluster {
     /// Start `n` nodes with default settings and wait for a leader.
     pub fn start(n: usize) -> Cluster {
@@ -287,14 +305,7 @@ impl Cluster {
     /// without starting any, for tests that prepare the data directories first (e.g. with
     /// `kvnode restore`); start each with [`Cluster::restart`].
     pub fn prepare(n: usize, args: &[&str]) -> Cluster {
-        let ports = free_ports(2 * n);
-        let layout: Vec<NodeLayout> = (0..n)
-            .map(|i| NodeLayout {
-                http: format!("127.0.0.1:{}", ports[2 * i]),
-                raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
-                launch_prefix: Vec::new(),
-            })
-            .collect();
+        let layout: Vec<NodeLayout> = (0..n).map(|_| loopback_layout()).collect();
         Self::spawn_with_layout_some(&layout, &[], args)
     }
 
@@ -307,14 +318,7 @@ impl Cluster {
 
     /// Start `n` secured nodes on loopback without waiting for anything.
     pub fn spawn_secure(n: usize, args: &[&str], secure: Secure) -> Cluster {
-        let ports = free_ports(2 * n);
-        let layout: Vec<NodeLayout> = (0..n)
-            .map(|i| NodeLayout {
-                http: format!("127.0.0.1:{}", ports[2 * i]),
-                raft: format!("127.0.0.1:{}", ports[2 * i + 1]),
-                launch_prefix: Vec::new(),
-            })
-            .collect();
+        let layout: Vec<NodeLayout> = (0..n).map(|_| loopback_layout()).collect();
         Self::spawn_secure_with_layout(&layout, args, secure)
     }
 
