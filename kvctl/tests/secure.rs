@@ -187,6 +187,11 @@ fn refusals_name_the_node_and_the_cause_at_once_and_never_show_the_token() {
         "{unknown:?}"
     );
     assert!(unknown.stderr.contains("unknown CA"), "{unknown:?}");
+    assert_eq!(
+        unknown.stderr.lines().count(),
+        1,
+        "kvctl's own message alone, not also the TLS library's log: {unknown:?}"
+    );
     quick(&unknown);
 
     // No token; a token without the role; a token that is not one.
