@@ -265,8 +265,8 @@ struct CertsCli {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 
-    /// Instead: certificates for one more node (to start with --join), signed by the CA that
-    /// `kvnode certs` wrote into --out before.
+    /// Instead: certificates for one more node (to start with --join), or new ones for a node
+    /// (read on SIGHUP), signed by the CA that `kvnode certs` wrote into --out before.
     #[arg(long, value_name = "ID", conflicts_with = "cluster", requires_all = ["http", "raft"])]
     add_node: Option<u64>,
 
@@ -299,7 +299,7 @@ fn certs(args: Vec<std::ffi::OsString>) -> ExitCode {
                      --http {http} --raft {raft} --cert-file {dir}/node{id}.pem --key-file {dir}/node{id}.key \
                      --peer-cert-file {dir}/node{id}-peer.pem --peer-key-file {dir}/node{id}-peer.key \
                      --peer-ca-file {dir}/ca.pem (and --join-token-file FILE when the cluster checks tokens); \
-                     a renewed node is restarted as before"
+                     a running node whose certificates these renew reads them on SIGHUP"
                 );
                 ExitCode::SUCCESS
             }

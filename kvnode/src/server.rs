@@ -137,11 +137,13 @@ pub async fn run(
     .validate()
     .map_err(|e| RunError::Config(e.to_string()))?;
 
-    let client_tls = config
-        .client_tls
-        .as_ref()
-        .map(crate::tls::client_port_config)
-        .transpose()?;
+    let (client_tls, client_cert) = match config.client_tls.as_ref().map(crate::tls::client_port_config) {
+        Some(made) => {
+            let (config, cert) = made?;
+            (Some(config), Some(cert))
+        }
+        None => (None, None),
+    };
     let peer_tls = config
         .peer_tls
         .as_ref()
@@ -158,6 +160,11 @@ pub async fn run(
     }
     let gate = Arc::new(Gate::new(config.auth_file.clone())?);
     crate::auth::reload_on_sighup(gate.clone()).map_err(RunError::Serve)?;
+    let own_certs = client_cert
+        .into_iter()
+        .chain(peer_tls.as_ref().map(|t| t.cert()))
+        .collect();
+    crate::tls::reload_on_sighup(own_certs).map_err(RunError::Serve)?;
     let join_token = config
         .join_token_file
         .as_deref()

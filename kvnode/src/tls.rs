@@ -26,17 +26,28 @@
 //!
 //! `kvnode certs` (the `certs` module) writes certificates with these names.
 //!
+//! # Renewing certificates without a restart
+//!
+//! A node's own certificates (client port and peer port) are read again on SIGHUP
+//! ([`LiveCert`], [`reload_on_sighup`]): every handshake from then on presents the new ones,
+//! as server and as client; connections already open keep theirs. A file that does not load,
+//! a key that does not match its certificate, or a peer certificate that names another node
+//! is logged and the certificate in force stays. The CA files are read at startup only (a new
+//! CA is rolled in with restarts, see docs/OPERATIONS.md).
+//!
 //! The provider is `ring`, named explicitly in every configuration here, because rustls's
 //! default provider, aws-lc-rs, is a C library built with cmake. reqwest, built without a
 //! provider of its own, also needs one installed process-wide before it builds any client,
 //! even one that never speaks TLS ([`install_default_provider`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -160,10 +171,14 @@ pub struct PeerFiles {
     pub ca: PathBuf,
 }
 
-/// The client port's server configuration.
-pub fn client_port_config(files: &ClientPortFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(&files.cert, "--cert-file")?;
-    let key = load_key(&files.key, "--key-file")?;
+/// The client port's server configuration, and its certificate for [`reload_on_sighup`].
+pub fn client_port_config(files: &ClientPortFiles) -> Result<(Arc<ServerConfig>, Arc<LiveCert>), TlsError> {
+    let cert = Arc::new(LiveCert::load(
+        &files.cert,
+        &files.key,
+        ("--cert-file", "--key-file"),
+        false,
+    )?);
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(rustls_error("client port TLS"))?;
@@ -177,11 +192,143 @@ pub fn client_port_config(files: &ClientPortFiles) -> Result<Arc<ServerConfig>, 
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(rustls_error("--cert-file and --key-file"))?;
+    let mut config = builder.with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), cert))
+}
+
+/// A node's own certificate and key, replaced on SIGHUP ([`LiveCert::reload`]): what every
+/// new handshake presents, as server and (on the peer port) as client.
+#[derive(Debug)]
+pub struct LiveCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    /// The flags that name the two files, for messages.
+    flags: (&'static str, &'static str),
+    /// A peer certificate: it must name a node, the same one on every reload.
+    names_node: Option<NodeId>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl LiveCert {
+    /// Read the files; `peer`: the certificate must name a node (see the module documentation).
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        flags: (&'static str, &'static str),
+        peer: bool,
+    ) -> Result<LiveCert, TlsError> {
+        let current = Self::read(cert_path, key_path, flags)?;
+        let names_node = match peer {
+            false => None,
+            true => Some(node_named_by(&current.cert[0]).ok_or_else(|| {
+                file_error(
+                    flags.0,
+                    cert_path,
+                    "names no node: a peer certificate must carry the DNS name node-<ID>.kv (kvnode certs writes such certificates)",
+                )
+            })?),
+        };
+        Ok(LiveCert {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            flags,
+            names_node,
+            current: RwLock::new(Arc::new(current)),
+        })
+    }
+
+    fn read(
+        cert_path: &Path,
+        key_path: &Path,
+        flags: (&'static str, &'static str),
+    ) -> Result<CertifiedKey, TlsError> {
+        let certs = load_certs(cert_path, flags.0)?;
+        let key = load_key(key_path, flags.1)?;
+        CertifiedKey::from_der(certs, key, &provider()).map_err(|e| {
+            file_error(
+                flags.1,
+                key_path,
+                format!("does not go with the certificate in {}: {e}", cert_path.display()),
+            )
+        })
+    }
+
+    /// Read the files again and present them from now on. On an error the certificate in
+    /// force stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Self::read(&self.cert_path, &self.key_path, self.flags)?;
+        if let Some(id) = self.names_node {
+            let named = node_named_by(&fresh.cert[0]);
+            if named != Some(id) {
+                let named = named.map_or("no node".to_string(), |n| format!("node {n}"));
+                return Err(file_error(
+                    self.flags.0,
+                    &self.cert_path,
+                    format!("names {named}, but this is node {id}: a renewed peer certificate must name the same node"),
+                ));
+            }
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The certificate in force.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The certificate file, for messages.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for LiveCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Read the node's own certificates again on every SIGHUP, for as long as the node runs.
+#[cfg(unix)]
+pub fn reload_on_sighup(certs: Vec<Arc<LiveCert>>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    if certs.is_empty() {
+        return Ok(());
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            for cert in &certs {
+                match cert.reload() {
+                    Ok(()) => {
+                        tracing::info!(file = %cert.cert_path().display(), "certificate re-read on SIGHUP")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "certificate not re-read on SIGHUP; the one in force stays")
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// SIGHUP does not exist here; certificates are read at startup only.
+#[cfg(not(unix))]
+pub fn reload_on_sighup(_certs: Vec<Arc<LiveCert>>) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// The peer port's mutual TLS, loaded once: the server side, and the client side per target.
@@ -189,23 +336,19 @@ pub fn client_port_config(files: &ClientPortFiles) -> Result<Arc<ServerConfig>, 
 pub struct PeerTls {
     server: Arc<ServerConfig>,
     roots: Arc<RootCertStore>,
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    cert: Arc<LiveCert>,
 }
 
 impl PeerTls {
     /// Load the files and check that they make a working configuration.
     pub fn load(files: &PeerFiles) -> Result<Self, TlsError> {
-        let certs = load_certs(&files.cert, "--peer-cert-file")?;
-        let key = load_key(&files.key, "--peer-key-file")?;
+        let cert = Arc::new(LiveCert::load(
+            &files.cert,
+            &files.key,
+            ("--peer-cert-file", "--peer-key-file"),
+            true,
+        )?);
         let roots = load_roots(&files.ca, "--peer-ca-file")?;
-        if node_named_by(&certs[0]).is_none() {
-            return Err(file_error(
-                "--peer-cert-file",
-                &files.cert,
-                "names no node: a peer certificate must carry the DNS name node-<ID>.kv (kvnode certs writes such certificates)",
-            ));
-        }
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|e| file_error("--peer-ca-file", &files.ca, e))?;
@@ -213,13 +356,11 @@ impl PeerTls {
             .with_safe_default_protocol_versions()
             .map_err(rustls_error("peer TLS"))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(certs.clone(), key.clone_key())
-            .map_err(rustls_error("--peer-cert-file and --peer-key-file"))?;
+            .with_cert_resolver(cert.clone());
         let tls = PeerTls {
             server: Arc::new(server),
             roots,
-            certs,
-            key,
+            cert,
         };
         tls.client_config_for(0)?;
         Ok(tls)
@@ -227,7 +368,12 @@ impl PeerTls {
 
     /// The node this node's own certificate names.
     pub fn own_node(&self) -> Option<NodeId> {
-        node_named_by(&self.certs[0])
+        self.cert.names_node
+    }
+
+    /// This node's peer certificate, for [`reload_on_sighup`].
+    pub fn cert(&self) -> Arc<LiveCert> {
+        self.cert.clone()
     }
 
     /// The server side.
@@ -241,9 +387,11 @@ impl PeerTls {
     pub fn client_api_config(&self) -> Arc<ClientConfig> {
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(self.roots.clone()))
-            .and_then(|b| b.with_client_auth_cert(self.certs.clone(), self.key.clone_key()));
-        // `load` built the same pieces into a client configuration already.
+            .map(|b| {
+                b.with_root_certificates(self.roots.clone())
+                    .with_client_cert_resolver(self.cert.clone())
+            });
+        // `load` built a client configuration with the same provider already.
         Arc::new(config.expect("the peer TLS files were checked when loaded"))
     }
 
@@ -266,8 +414,7 @@ impl PeerTls {
             .map_err(rustls_error("peer TLS"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NamesNode { inner, name }))
-            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(rustls_error("--peer-cert-file and --peer-key-file"))?;
+            .with_client_cert_resolver(self.cert.clone());
         Ok(Arc::new(config))
     }
 }

@@ -1153,3 +1153,127 @@ fn a_node_joins_a_cluster_whose_peers_alone_speak_tls() {
     });
     promoted_node_3_holds_and_forwards(&c);
 }
+
+/// The certificate the TLS port at `addr` presents to a client that trusts `ca` and expects
+/// `name` (presenting `identity` where the port asks for one), or `None` if the handshake fails.
+fn presented_cert(
+    addr: &str,
+    name: &str,
+    ca: &Path,
+    identity: Option<Identity>,
+) -> Option<CertificateDer<'static>> {
+    let server = ServerName::try_from(name.to_string()).expect("name");
+    let mut conn = rustls::ClientConnection::new(client_config(roots(ca), identity), server).ok()?;
+    let mut tcp = TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    conn.peer_certificates()?.first().map(|c| c.clone().into_owned())
+}
+
+/// Certificates are renewed without a restart: new files and a SIGHUP, and every handshake
+/// from then on presents them, on the client port and on the peer port (where the other nodes
+/// still accept the renewed certificate). Files that do not load leave the old ones in force.
+#[test]
+fn a_node_renews_its_certificates_on_sighup() {
+    let mut c = Cluster::start_secure(
+        3,
+        &[],
+        Secure {
+            tls: true,
+            ..Secure::default()
+        },
+    );
+    let dir = certs(&c);
+    let ca = dir.join("ca.pem");
+    let (http, peer) = (c.http_addr(0), peer_addr(&c, 0));
+    let node1 = || {
+        Some(load_identity(
+            &dir.join("node1-peer.pem"),
+            &dir.join("node1-peer.key"),
+        ))
+    };
+    let client_cert = || presented_cert(&http, "localhost", &ca, None);
+    let peer_cert = || presented_cert(&peer, "node-0.kv", &ca, node1());
+    let (old_client, old_peer) = (
+        client_cert().expect("a handshake"),
+        peer_cert().expect("a handshake"),
+    );
+    let pem = |name: &str| CertificateDer::from_pem_file(dir.join(name)).expect("a certificate");
+    assert_eq!(old_client, pem("node0.pem"));
+    assert_eq!(old_peer, pem("node0-peer.pem"));
+
+    // Broken files: the node says so and keeps presenting the old certificates.
+    let keep = |name: &str| std::fs::read(dir.join(name)).expect("read");
+    let (client_pem, peer_key) = (keep("node0.pem"), keep("node0-peer.key"));
+    std::fs::write(dir.join("node0.pem"), "not a certificate").expect("write");
+    std::fs::write(dir.join("node0-peer.key"), keep("node1-peer.key")).expect("write");
+    let from = c.log(0).len();
+    c.signal(0, libc::SIGHUP);
+    poll(Duration::from_secs(10), "two refusals in the log", || {
+        (c.log(0)[from..]
+            .matches("certificate not re-read on SIGHUP")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    assert!(
+        c.log(0)[from..].contains("does not go with the certificate"),
+        "{}",
+        &c.log(0)[from..]
+    );
+    assert_eq!(client_cert(), Some(old_client.clone()));
+    assert_eq!(peer_cert(), Some(old_peer.clone()));
+    std::fs::write(dir.join("node0.pem"), client_pem).expect("write");
+    std::fs::write(dir.join("node0-peer.key"), peer_key).expect("write");
+
+    // New certificates from the same CA (kvnode certs --add-node, in a directory of their own).
+    let renewed = tempfile::tempdir().expect("temp dir");
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(dir.join(f), renewed.path().join(f)).expect("copy the CA");
+    }
+    let out = std::process::Command::new(kvnode_bin())
+        .args([
+            "certs",
+            "--add-node",
+            "0",
+            "--http",
+            &http,
+            "--raft",
+            &peer,
+            "--out",
+        ])
+        .arg(renewed.path())
+        .output()
+        .expect("kvnode certs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["node0.pem", "node0.key", "node0-peer.pem", "node0-peer.key"] {
+        std::fs::copy(renewed.path().join(f), dir.join(f)).expect("install the renewed files");
+    }
+    let (new_client, new_peer) = (pem("node0.pem"), pem("node0-peer.pem"));
+    assert_ne!(new_client, old_client);
+    c.signal(0, libc::SIGHUP);
+    poll(Duration::from_secs(10), "the renewed certificates", || {
+        (client_cert() == Some(new_client.clone()) && peer_cert() == Some(new_peer.clone())).then_some(())
+    });
+    // The other nodes accept the renewed peer certificate both ways, on new connections:
+    // restart node 1 and stop node 2, so that nothing commits unless nodes 0 and 1 talk, and
+    // write through each of them (one forwards to the other, which replicates back).
+    c.kill(1);
+    c.restart(1);
+    c.kill(2);
+    for (via, value) in [(0, 1), (1, 2)] {
+        poll(
+            Duration::from_secs(30),
+            "a write through a two-node majority",
+            || {
+                let r = c.put(via, "renewed", json!(value))?;
+                (r.status == 200).then_some(())
+            },
+        );
+    }
+    for id in [0, 1] {
+        assert_eq!(c.get(id, "renewed"), Some(Some(json!(2))), "node {id}");
+    }
+}
