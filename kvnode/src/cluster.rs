@@ -400,17 +400,18 @@ async fn seed_round(node: &Arc<Node>, majority_since: &mut Option<Instant>, said
         else {
             return;
         };
+        if node.cluster.id().as_deref() == Some(cluster.as_str()) && !node.cluster.joined() {
+            // This node adopted that very id: the cluster formed with it as a voter, and its
+            // first entries are on their way (the leader's vote may have arrived already,
+            // while this round probed: the next round sees the state and records the
+            // membership). Asking to be admitted would only make the leader demote it and
+            // promote it again. (An adoption that leads nowhere lapses, and the node asks then.)
+            said.once(format!(
+                "cluster {cluster} formed with this node as a member; waiting for its first entries"
+            ));
+            return;
+        }
         if !has_raft_state(node) {
-            if node.cluster.id().as_deref() == Some(cluster.as_str()) && !node.cluster.joined() {
-                // This node adopted that very id: the cluster formed with it as a voter, and
-                // its first entries are on their way. Asking to be admitted would only make
-                // the leader demote it and promote it again. (An adoption that leads nowhere
-                // lapses, and the node asks then.)
-                said.once(format!(
-                    "cluster {cluster} formed with this node as a member; waiting for its first entries"
-                ));
-                return;
-            }
             said.once(format!(
                 "seed member {via} belongs to cluster {cluster}: asking to be admitted to it \
                  (this node holds no data, so it joins as a learner that catches up)"
