@@ -57,9 +57,23 @@ is_kvnode() {
 }
 
 role_of() {
-    # Prints "role term=T leader=L" as the node at $1 reports it, or "down".
+    # Prints "role term=T leader=L" as the node at $1 reports it, or "down". A node that checks
+    # tokens (--auth-file) shows /admin/status only with one, but its /ready is open and names
+    # the leader: the role is then "leader" or "member", the term unknown.
     local out
     if out=$(fetch "$1" /admin/status 2>/dev/null) && [[ -n "$out" ]]; then
+        if [[ "$out" == *'"code":"unauthenticated"'* ]]; then
+            local ready node leader
+            ready=$(fetch "$1" /ready 2>/dev/null)
+            node=$(sed -n 's/.*"node":\([0-9]*\).*/\1/p' <<<"$ready")
+            leader=$(sed -n 's/.*"leader":\([0-9]*\).*/\1/p' <<<"$ready")
+            if [[ -n "$node" && "$node" == "$leader" ]]; then
+                echo "leader term=? leader=$leader"
+            else
+                echo "member term=? leader=${leader:-none}"
+            fi
+            return
+        fi
         local role term leader
         role=$(sed -n 's/.*"role":"\([a-z]*\)".*/\1/p' <<<"$out")
         term=$(sed -n 's/.*"term":\([0-9]*\).*/\1/p' <<<"$out")
