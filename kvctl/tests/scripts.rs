@@ -76,26 +76,11 @@ impl Setup {
 
     /// Run `bin/cluster.sh ARGS` to completion.
     fn cluster_sh(&self, args: &[&str]) -> (i32, String) {
-        let out: Output = self
-            .script("cluster.sh", args)
-            .output()
-            .expect("run bin/cluster.sh");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        exit_and_output(self.script("cluster.sh", args))
     }
 
     fn kvctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kvctl"))
-            .arg("--cluster")
-            .arg(&self.cluster)
-            .args(args)
-            .env_remove("KVCTL_CLUSTER")
-            .output()
-            .expect("run kvctl")
+        kvctl_on(&self.cluster, None, args)
     }
 
     /// The line of `cluster.sh status` for node `id`.
@@ -113,6 +98,31 @@ impl Setup {
             .ok()
             .and_then(|p| p.trim().parse().ok())
     }
+}
+
+/// Run a script to completion: its exit code (-1 if killed) and its stdout and stderr.
+fn exit_and_output(mut cmd: Command) -> (i32, String) {
+    let out: Output = cmd.output().expect("run the script");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `kvctl --cluster FILE ARGS`, with `token` as `KVCTL_TOKEN` when given.
+fn kvctl_on(cluster: &Path, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    cmd.arg("--cluster")
+        .arg(cluster)
+        .args(args)
+        .env_remove("KVCTL_CLUSTER")
+        .env_remove("KVCTL_TOKEN");
+    if let Some(token) = token {
+        cmd.env("KVCTL_TOKEN", token);
+    }
+    cmd.output().expect("run kvctl")
 }
 
 /// Stops what `cluster.sh start` put in the background, whatever happens to the test.
@@ -323,33 +333,17 @@ fn cluster_sh_starts_a_tls_cluster_whose_nodes_check_tokens() {
         format!("[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{digest}\"\n"),
     )
     .expect("write the auth file");
-    let out = setup
-        .script("cluster.sh", &["start", "--tls"])
-        .env("KV_NODE_ARGS", format!("--auth-file {}", auth.display()))
-        .output()
-        .expect("run bin/cluster.sh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let mut start = setup.script("cluster.sh", &["start", "--tls"]);
+    start.env("KV_NODE_ARGS", format!("--auth-file {}", auth.display()));
+    let (code, text) = exit_and_output(start);
+    assert_eq!(code, 0, "{text}");
     assert!(text.contains("leader: node "), "{text}");
     let (code, status) = setup.cluster_sh(&["status"]);
     assert_eq!(code, 0, "{status}");
     assert_eq!(status.matches(" leader term=").count(), 1, "{status}");
     assert_eq!(status.matches(" member term=").count(), 2, "{status}");
     let tls_file = setup.run_dir.join("tls/cluster.toml");
-    let kvctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kvctl"))
-            .arg("--cluster")
-            .arg(&tls_file)
-            .args(args)
-            .env_remove("KVCTL_CLUSTER")
-            .env("KVCTL_TOKEN", token)
-            .output()
-            .expect("run kvctl")
-    };
+    let kvctl = |args: &[&str]| kvctl_on(&tls_file, Some(token), args);
     let put = kvctl(&["put", "k", "\"secured\""]);
     assert!(put.status.success(), "{put:?}");
     let got = kvctl(&["get", "k"]);
